@@ -1,0 +1,1 @@
+"""The ``latentrag`` command line."""

@@ -1,0 +1,78 @@
+"""Entry point of the ``latentrag`` command: builds the sub-command parsers and runs one.
+
+Each sub-command lives in its own module ``latentrag_plugins.cli.cmd_<name>`` that defines
+``add_parser(subparsers) -> argparse.ArgumentParser`` and sets ``func`` (``run(args) -> int``) as the
+parser default. Command modules import heavy packages (torch, faiss) inside ``run`` only, so
+``latentrag --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .._version import __version__
+from ..errors import LatentRAGError
+
+# Sub-command name -> module under latentrag_plugins.cli. Missing modules are skipped.
+COMMANDS: dict[str, str] = {
+    "init": "cmd_init",
+    "index": "cmd_index",
+    "ask": "cmd_ask",
+    "import-trajectories": "cmd_import_trajectories",
+    "prepare": "cmd_prepare",
+    "train": "cmd_train",
+    "eval": "cmd_eval",
+    "bench": "cmd_bench",
+    "world": "cmd_world",
+    "demo": "cmd_demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="latentrag",
+        description="LatentRAG: agentic RAG that reasons and retrieves in latent space.",
+    )
+    parser.add_argument("--version", action="version", version=f"latentrag {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show debug logs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(module):
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``latentrag`` command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (LatentRAGError, FileNotFoundError, ValueError, ImportError) as exc:
+        if args.verbose:
+            raise
+        print(f"latentrag {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
