@@ -37,7 +37,8 @@ class Step(BaseModel):
     thought: str | None = Field(default=None, description="Decoded (or explicit) thought text.")
     subquery: str | None = Field(default=None, description="Decoded (or explicit) subquery text.")
     logit_lens: dict[str, list[list[str]]] | None = Field(
-        default=None, description="Top vocabulary tokens per latent token: {'think': .., 'query': ..}."
+        default=None,
+        description="Top vocabulary tokens per latent token: {'think': .., 'query': ..}.",
     )
 
 

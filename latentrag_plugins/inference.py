@@ -1,0 +1,260 @@
+"""The LatentRAG inference loop: one LLM forward pass per latent step, KV cache reused.
+
+Per step, every active question feeds ``[new docs] <think_1..m> <query_1..n>`` in one pass
+(speculative query slots, DESIGN §3). Attention is causal, so the thought states and the action
+read at ``<think_m>`` do not see the query slots. If the action is ``<answer>``, the query slots
+are cropped from the cache (or masked out, when other questions in the batch go on).
+
+The loop is a generator: it yields :class:`SearchRequest` objects and receives the documents, so
+sync stores, async stores (LangChain, LlamaIndex) and batched stores all drive the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .context import BatchedContext, greedy_generate
+from .errors import StoreError
+from .results import LatentRAGResult, RetrievedDoc, Step, Timings
+from .store.base import check_compatible
+
+if TYPE_CHECKING:
+    from .model import LatentRAG
+
+
+@dataclass
+class SearchRequest:
+    """A batch of latent query embeddings to search, one per question still retrieving.
+
+    Attributes:
+        step: 0-based step index.
+        rows: Indices of the questions (into the batch) the embeddings belong to.
+        embeddings: ``(len(rows), dim)`` float32, L2-normalised.
+        k: Documents wanted per embedding.
+    """
+
+    step: int
+    rows: list[int]
+    embeddings: np.ndarray
+    k: int
+
+
+@dataclass
+class _Row:
+    """Per-question state of the loop."""
+
+    pending: list[int]  # token ids to feed before the next slots
+    steps: list[Step] = field(default_factory=list)
+    latents: list[dict[str, Any]] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # the LLM context, as the model saw it
+    answering: bool = False
+    passes: int = 0
+    input_tokens: int = 0
+
+
+class _Clock:
+    """Accumulates wall time per stage, synchronising CUDA so GPU work is counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.ms: dict[str, float] = dict.fromkeys(
+            ("prefill", "reasoning", "retrieval", "answer", "decode"), 0.0
+        )
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.ms[name] += (time.perf_counter() - t0) * 1e3
+
+    def timings(self) -> Timings:
+        return Timings(**self.ms, total=(time.perf_counter() - self.start) * 1e3)
+
+
+def latent_loop(
+    model: LatentRAG,
+    questions: list[str],
+    *,
+    max_steps: int | None = None,
+    top_k: int | None = None,
+    decode: bool = False,
+    logit_lens: bool = False,
+    store: Any = None,
+) -> Generator[SearchRequest, list[list[RetrievedDoc]], list[LatentRAGResult]]:
+    """Run LatentRAG on a batch of questions; yields search requests, returns the results.
+
+    Args:
+        model: The model.
+        questions: Non-empty questions.
+        max_steps: Most retrieval steps per question.
+        top_k: Documents per retrieval.
+        decode: Decode latent thoughts and subqueries to text at the end (one batched generation).
+        logit_lens: Attach LogitLens top-5 tokens to every step.
+        store: If given, checked for encoder compatibility before any work.
+    """
+    cfg = model.config
+    max_steps = cfg.max_steps if max_steps is None else max_steps
+    top_k = cfg.top_k if top_k is None else top_k
+    if max_steps < 0 or top_k < 1:
+        raise ValueError("max_steps must be >= 0 and top_k >= 1")
+    if not questions:
+        return []
+    for q in questions:
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError("question is empty: ask a non-empty question")
+    if store is not None:
+        check_compatible(store, model.encoder_id, model.dim)
+        if hasattr(store, "__len__") and len(store) == 0:
+            raise StoreError(f"{type(store).__name__} is empty: index some documents first")
+
+    m, n = cfg.n_think, cfg.n_query
+    answer_reserve = cfg.max_answer_tokens + 2
+    clock = _Clock(model.device)
+    rows = [_Row(pending=model.prompts.question(q)) for q in questions]
+    for q, r in zip(questions, rows):
+        need = len(r.pending) + m + n + answer_reserve
+        if need > cfg.max_context_tokens:
+            raise ValueError(
+                f"question is too long: it needs {need} tokens with the slots, over the "
+                f"max_context_tokens budget of {cfg.max_context_tokens}: {q[:60]!r}..."
+            )
+    batch = len(rows)
+    ids = model.ids
+    ctx = BatchedContext(model.llm, batch, ids.pad)
+    was_training = model.training
+    model.eval()
+
+    for step in range(max_steps + 1):
+        live = [i for i, r in enumerate(rows) if not r.answering]
+        if not live:
+            break
+        speculative = step < max_steps  # feed query slots only if a retrieval is allowed
+        slots = model.prompts.think_slots() + (model.prompts.query_slots() if speculative else [])
+        chunks = [rows[i].pending + slots if i in live else [] for i in range(batch)]
+        with clock.stage("prefill" if step == 0 else "reasoning"), torch.inference_mode():
+            hidden = ctx.feed(chunks)  # (B, Lc, d)
+            h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
+            h_query = hidden[:, -n:] if speculative else None  # (B, n, d)
+            act = ctx.logits(h_think[:, -1])  # (B, V)
+            wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
+        for i in live:
+            r = rows[i]
+            r.passes += 1
+            r.input_tokens += len(chunks[i])
+            r.token_ids += chunks[i]
+            r.pending = []
+            lat = {"think": h_think[i]}
+            if (
+                speculative
+                and wants[i]
+                and not _budget_exhausted(int(ctx.next_pos[i]), cfg, answer_reserve)
+            ):
+                lat["query"] = h_query[i]
+            else:
+                r.answering = True
+                r.steps.append(Step(index=step, action="answer", forced=bool(wants[i])))
+            r.latents.append(lat)
+        if speculative:
+            answering_now = [i for i in live if rows[i].answering]
+            with torch.inference_mode():
+                ctx.drop_last(n, answering_now)
+            for i in answering_now:
+                del rows[i].token_ids[-n:]
+        searching = [i for i in live if not rows[i].answering]
+        if not searching:
+            continue
+        with clock.stage("reasoning"), torch.inference_mode():
+            emb = model.latent_query_embedding(h_query[searching])  # (b, dim)
+            emb_np = emb.float().cpu().numpy()
+        with clock.stage("retrieval"):
+            found = yield SearchRequest(step=step, rows=searching, embeddings=emb_np, k=top_k)
+        if found is None or len(found) != len(searching):
+            raise StoreError("the search driver returned no documents for some questions")
+        for i, docs in zip(searching, found):
+            r = rows[i]
+            r.steps.append(Step(index=step, action="retrieve", docs=list(docs)))
+            budget = cfg.max_context_tokens - int(ctx.next_pos[i]) - m - n - answer_reserve
+            r.pending = model.prompts.information(docs, budget, cfg.max_doc_tokens)
+
+    with clock.stage("answer"), torch.inference_mode():
+        # Feed <answer> (the chosen action), then decode greedily up to </answer> or EOS.
+        first = ctx.logits(ctx.feed([[ids.answer]] * batch)[:, -1])  # (B, V)
+        stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
+        gens = greedy_generate(
+            ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
+            banned=sorted(ids.all - {ids.answer_end}),
+        )  # fmt: skip
+
+    results = []
+    for r, g in zip(rows, gens):
+        r.token_ids += [ids.answer, *g.tokens]
+        res = LatentRAGResult(
+            answer=model.tokenizer.decode(g.tokens, skip_special_tokens=True).strip(),
+            steps=r.steps,
+            forward_passes=r.passes + 1 + g.feeds,
+            input_tokens=r.input_tokens + 1,
+            output_tokens=len(g.tokens) + int(g.stopped),
+        )
+        res._latents = r.latents
+        res._token_ids = r.token_ids
+        results.append(res)
+    if decode or logit_lens:
+        from .decoding import decode_latents, logit_lens_tokens
+
+        if decode:
+            with clock.stage("decode"):
+                extra = decode_latents(model, results)
+            for res in results:
+                res.forward_passes += extra
+        if logit_lens:
+            logit_lens_tokens(model, results)
+    timings = clock.timings()
+    for res in results:
+        res.timings_ms = timings
+    if was_training:
+        model.train()
+    return results
+
+
+def _budget_exhausted(used: int, cfg: Any, reserve: int) -> bool:
+    """True when another step (docs + slots) can no longer fit a context of ``used`` tokens."""
+    left = cfg.max_context_tokens - used - reserve
+    return left < 2 * (cfg.n_think + cfg.n_query) + 16
+
+
+def drive(
+    gen: Generator[SearchRequest, list[list[RetrievedDoc]], list[LatentRAGResult]], store: Any
+) -> list[LatentRAGResult]:
+    """Run a loop generator against a sync store (``search_batch`` if present, else ``search``)."""
+    try:
+        req = next(gen)
+        while True:
+            req = gen.send(search_store(store, req))
+    except StopIteration as stop:
+        return stop.value
+
+
+def search_store(store: Any, req: SearchRequest) -> list[list[RetrievedDoc]]:
+    """Search ``store`` for every embedding of a request."""
+    if hasattr(store, "search_batch"):
+        return store.search_batch(req.embeddings, req.k)
+    if not hasattr(store, "search"):
+        raise StoreError(f"{type(store).__name__} has no search(embedding, k) method")
+    return [store.search(e, req.k) for e in req.embeddings]
+
+
+def result_docs(results: Sequence[LatentRAGResult]) -> list[list[RetrievedDoc]]:
+    """All retrieved documents of each result, in step then rank order."""
+    return [[d for s in r.steps for d in s.docs] for r in results]

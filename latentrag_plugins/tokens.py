@@ -1,0 +1,138 @@
+"""LatentRAG's control tokens: adding them to a tokenizer/LLM, and injection-safe tokenization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ANSWER, ANSWER_END = "<answer>", "</answer>"
+INFO, INFO_END = "<information>", "</information>"
+
+
+def think_tokens(m: int) -> list[str]:
+    """``<think_1> .. <think_m>``."""
+    return [f"<think_{i}>" for i in range(1, m + 1)]
+
+
+def query_tokens(n: int) -> list[str]:
+    """``<query_1> .. <query_n>``."""
+    return [f"<query_{i}>" for i in range(1, n + 1)]
+
+
+def control_tokens(m: int, n: int) -> list[str]:
+    """All tokens LatentRAG adds, in a fixed order."""
+    return think_tokens(m) + query_tokens(n) + [ANSWER, ANSWER_END, INFO, INFO_END]
+
+
+@dataclass(frozen=True)
+class ControlIds:
+    """Token ids of the control tokens in one tokenizer."""
+
+    think: list[int]  # (m,)
+    query: list[int]  # (n,)
+    answer: int
+    answer_end: int
+    info: int
+    info_end: int
+    eos: int | None
+    pad: int
+
+    @property
+    def all(self) -> set[int]:
+        """Every control id (not EOS)."""
+        return {*self.think, *self.query, self.answer, self.answer_end, self.info, self.info_end}
+
+    @classmethod
+    def from_tokenizer(cls, tok: PreTrainedTokenizerBase, m: int, n: int) -> ControlIds:
+        """Look up the ids; raises ValueError if the tokenizer lacks a control token."""
+
+        def one(t: str) -> int:
+            i = tok.convert_tokens_to_ids(t)
+            if i is None or i == tok.unk_token_id:
+                raise ValueError(f"tokenizer has no control token {t!r}; was it made by LatentRAG?")
+            return int(i)
+
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return cls(
+            think=[one(t) for t in think_tokens(m)],
+            query=[one(t) for t in query_tokens(n)],
+            answer=one(ANSWER),
+            answer_end=one(ANSWER_END),
+            info=one(INFO),
+            info_end=one(INFO_END),
+            eos=tok.eos_token_id,
+            pad=int(pad if pad is not None else 0),
+        )
+
+
+# Words whose embeddings initialise each new token's row (DESIGN §2: not random noise).
+_INIT_WORDS = {
+    "think": "think reasoning thought",
+    "query": "search query question",
+    ANSWER: "answer",
+    ANSWER_END: "end answer",
+    INFO: "information documents",
+    INFO_END: "end information",
+}
+
+
+def add_control_tokens(tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: int, n: int) -> None:
+    """Add the control tokens as special tokens, resize the LLM, and initialise the new rows.
+
+    Each new input (and untied output) embedding row is the mean of the embeddings of a few
+    descriptive words plus a small slot-specific offset, so slots start distinct but in-distribution.
+    """
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": "</s>"})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    new = [
+        t for t in control_tokens(m, n) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
+    ]
+    tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    old_rows = llm.get_input_embeddings().weight.shape[0]
+    if len(tok) > old_rows:
+        llm.resize_token_embeddings(len(tok), mean_resizing=False)
+    _init_rows(tok, llm, m, n, old_rows)
+
+
+@torch.no_grad()
+def _init_rows(
+    tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: int, n: int, old_rows: int
+) -> None:
+    emb_in = llm.get_input_embeddings().weight  # (V, d)
+    emb_out_mod = llm.get_output_embeddings()
+    emb_out = emb_out_mod.weight if emb_out_mod is not None else None  # (V, d) or None
+    tied = emb_out is not None and emb_out.data_ptr() == emb_in.data_ptr()
+    std = emb_in[:old_rows].float().std().item()
+    gen = torch.Generator().manual_seed(0)
+    for t in control_tokens(m, n):
+        tid = tok.convert_tokens_to_ids(t)
+        if tid < old_rows:
+            continue
+        key = "think" if t.startswith("<think_") else "query" if t.startswith("<query_") else t
+        ids = [
+            i for i in tok(_INIT_WORDS[key], add_special_tokens=False)["input_ids"] if i < old_rows
+        ]
+        ids = ids or list(range(min(old_rows, 16)))
+        offset = torch.randn(emb_in.shape[1], generator=gen) * std * 0.1  # (d,)
+        emb_in[tid] = (emb_in[ids].float().mean(0) + offset).to(emb_in.dtype)
+        if emb_out is not None and not tied:
+            emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
+
+
+def encode_untrusted(tok: PreTrainedTokenizerBase, text: str, specials: set[int]) -> list[int]:
+    """Tokenize user or document text so that no substring becomes a special/control token.
+
+    Special tokens in ``text`` (e.g. a literal ``<answer>``) are split into ordinary sub-words.
+    As a second line of defence, any id in ``specials`` that still appears is dropped.
+    """
+    ids = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [i for i in ids if i not in specials]
+
+
+def special_ids(tok: PreTrainedTokenizerBase) -> set[int]:
+    """Ids of every special token the tokenizer knows (control tokens, EOS, BOS, pad, ...)."""
+    return {int(i) for i in tok.all_special_ids}

@@ -1,0 +1,248 @@
+"""Invented, pronounceable names for the fictional world, unique across the whole world.
+
+Every name contains at least one invented word that no other entity uses (a person's surname, a
+city's or country's single word, the invented word inside a film, book or organisation title). So
+an entity's full name, matched on word boundaries, never occurs inside another entity's name, and
+no real-world knowledge helps to answer a question about it.
+"""
+
+from __future__ import annotations
+
+import random
+
+_ONSETS: tuple[str, ...] = (
+    "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
+    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "vr", "fl", "kl", "sk",
+)  # fmt: skip
+_VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei", "ou", "ia")
+_CODAS: tuple[str, ...] = ("", "", "", "n", "r", "l", "s", "m", "th", "nd", "rk", "st", "x")
+
+_COUNTRY_SUFFIXES = ("ia", "ania", "land", "mark", "ora", "esh", "istan", "ary")
+_CITY_SUFFIXES = ("", "", "", "holm", "ford", "port", "mere", "vik", "grad", "burg", "stad", "wick")
+_SURNAME_SUFFIXES = ("", "", "", "sen", "ova", "ez", "ard", "ini", "berg", "wyn", "ak")
+
+_ORG_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "company": ("Industries", "Group", "Holdings", "Works", "Trading Company", "Corporation"),
+    "publisher": ("Press", "House", "Publishing", "Books"),
+    "studio": ("Pictures", "Studios", "Films"),
+    "institute": ("Institute", "Foundation", "Society", "Academy"),
+    "university": ("University",),
+}
+
+ADJECTIVES: tuple[str, ...] = (
+    "Silent", "Last", "Golden", "Hidden", "Broken", "Distant", "Crimson", "Quiet", "Burning",
+    "Winter", "Lost", "Second", "Pale", "Wandering", "Hollow", "Bright", "Iron", "Secret",
+)  # fmt: skip
+NOUNS: tuple[str, ...] = (
+    "Road", "River", "Garden", "Letters", "Harbour", "Shadow", "Bridge", "Lantern", "Orchard",
+    "Tower", "Song", "Mirror", "Crossing", "Summer", "Island", "Voyage", "Archive", "Storm",
+)  # fmt: skip
+
+# Real places and common given names that syllables could produce by chance.
+_BLOCKLIST: frozenset[str] = frozenset(
+    [
+        "lima",
+        "roma",
+        "rome",
+        "kobe",
+        "oslo",
+        "bern",
+        "nara",
+        "sofia",
+        "malta",
+        "cuba",
+        "peru",
+        "chad",
+        "mali",
+        "togo",
+        "fiji",
+        "riga",
+        "baku",
+        "doha",
+        "dili",
+        "kiev",
+        "kyiv",
+        "lagos",
+        "dakar",
+        "milan",
+        "tokyo",
+        "kyoto",
+        "osaka",
+        "paris",
+        "maria",
+        "anna",
+        "dana",
+        "tina",
+        "nina",
+        "lena",
+        "sara",
+        "mara",
+        "vera",
+        "kara",
+        "dora",
+        "nora",
+        "tara",
+        "lara",
+        "mina",
+        "rita",
+        "sofia",
+        "india",
+        "china",
+        "iran",
+        "iraq",
+        "oman",
+        "nepal",
+        "laos",
+        "gaza",
+        "texas",
+        "boston",
+        "dallas",
+        "berlin",
+        "vienna",
+        "london",
+        "hanoi",
+        "seoul",
+        "delhi",
+        "cairo",
+        "tunis",
+        "rabat",
+        "accra",
+        "lusaka",
+        "harare",
+        "kabul",
+        "minsk",
+        "vilnius",
+        "tallinn",
+        "zagreb",
+        "skopje",
+        "tirana",
+        "sana",
+        "tel",
+        "aviv",
+        "bonn",
+        "hamburg",
+        "essen",
+        "moscow",
+        "praha",
+        "prague",
+        "lisbon",
+        "madrid",
+        "porto",
+        "sevilla",
+        "napoli",
+        "genova",
+        "torino",
+        "parma",
+        "pisa",
+        "siena",
+    ]
+)
+
+
+class NameGenerator:
+    """Seeded generator of unique invented names.
+
+    Args:
+        rng: The random generator to draw from (the caller seeds it).
+        first_names: Size of each (feminine/masculine) pool of reusable given names.
+    """
+
+    def __init__(self, rng: random.Random, first_names: int = 120) -> None:
+        self.rng = rng
+        self._used_words: set[str] = {w.lower() for w in ADJECTIVES + NOUNS} | set(_BLOCKLIST)
+        for suffixes in _ORG_SUFFIXES.values():
+            for s in suffixes:
+                self._used_words.update(s.lower().split())
+        self._used_words.update(
+            {"the", "of", "and", "for", "to", "a", "from", "return", "university"}
+        )
+        self._used_names: set[str] = set()
+        self._first: dict[str, list[str]] = {
+            "f": [self.word(2, 2, ending="a") for _ in range(first_names)],
+            "m": [self.word(1, 2, ending="n") for _ in range(first_names)],
+        }
+
+    def _syllable(self) -> str:
+        return self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
+
+    def word(self, min_syl: int = 2, max_syl: int = 3, ending: str = "", suffixes=("",)) -> str:
+        """Return a new invented word, capitalised, never returned before.
+
+        Args:
+            min_syl: Fewest syllables.
+            max_syl: Most syllables.
+            ending: Optional letters appended (e.g. a feminine ``"a"``).
+            suffixes: Candidate suffixes; one is drawn per attempt.
+        """
+        for _ in range(1000):
+            n = self.rng.randint(min_syl, max_syl)
+            stem = "".join(self._syllable() for _ in range(n))
+            w = stem + ending + self.rng.choice(suffixes)
+            if not 3 <= len(w) <= 12 or any(c * 3 in w for c in set(w)):
+                continue
+            key = w.lower()
+            if key in self._used_words:
+                continue
+            self._used_words.add(key)
+            return w.capitalize()
+        raise RuntimeError("name space exhausted")  # pragma: no cover
+
+    def _unique(self, make) -> str:
+        for _ in range(1000):
+            name = make()
+            if name not in self._used_names:
+                self._used_names.add(name)
+                return name
+        raise RuntimeError("name space exhausted")  # pragma: no cover
+
+    def person(self, gender: str) -> str:
+        """A given name from the gender's pool plus a unique invented surname."""
+        return self._unique(
+            lambda: (
+                f"{self.rng.choice(self._first[gender])} "
+                f"{self.word(2, 2, suffixes=_SURNAME_SUFFIXES)}"
+            )
+        )
+
+    def city(self) -> str:
+        """A one-word city name."""
+        return self._unique(lambda: self.word(1, 2, suffixes=_CITY_SUFFIXES))
+
+    def country(self) -> str:
+        """A one-word country name with a country-like suffix."""
+        return self._unique(lambda: self.word(1, 2, suffixes=_COUNTRY_SUFFIXES))
+
+    def organisation(self, org_type: str) -> str:
+        """An organisation name fitting ``org_type`` (a key of the suffix table)."""
+        suffix = self.rng.choice(_ORG_SUFFIXES[org_type])
+        if org_type == "university" and self.rng.random() < 0.5:
+            return self._unique(lambda: f"University of {self.word()}")
+        return self._unique(lambda: f"{self.word()} {suffix}")
+
+    def film(self) -> str:
+        """A film title containing one invented word."""
+        r = self.rng
+        patterns = (
+            lambda w: f"The {r.choice(ADJECTIVES)} {w}",
+            lambda w: w,
+            lambda w: f"The {r.choice(NOUNS)} of {w}",
+            lambda w: f"Return to {w}",
+            lambda w: f"{w} {r.choice(NOUNS)}",
+        )
+        return self._unique(lambda: r.choice(patterns)(self.word()))
+
+    def book(self) -> str:
+        """A book title containing one invented word."""
+        r = self.rng
+        patterns = (
+            lambda w: f"The {r.choice(NOUNS)} of {w}",
+            lambda w: f"{w} and the {r.choice(NOUNS)}",
+            lambda w: f"Letters from {w}",
+            lambda w: f"A {r.choice(NOUNS)} for {w}",
+            lambda w: f"The {w} {r.choice(NOUNS)}",
+            lambda w: f"{r.choice(ADJECTIVES)} {w}",
+        )
+        return self._unique(lambda: r.choice(patterns)(self.word()))
+
+
+ORG_TYPES: tuple[str, ...] = tuple(_ORG_SUFFIXES)
