@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .config import LatentRAGConfig
-    from .model import LatentRAG
-    from .results import LatentRAGResult, RetrievedDoc, Step, Timings
-    from .store.faiss_store import FaissStore
+    from .config import LatentRAGConfig  # noqa: F401
+    from .model import LatentRAG  # noqa: F401
+    from .results import LatentRAGResult, RetrievedDoc, Step, Timings  # noqa: F401
+    from .store.faiss_store import FaissStore  # noqa: F401
 
 _LAZY = {
     "LatentRAG": ".model",

@@ -228,6 +228,12 @@ class EncoderTower(nn.Module):
         bar.close()
         return out
 
+    def embed_documents(
+        self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed documents -> ``(len(texts), dim)`` float32 (the store ``Encoder`` protocol)."""
+        return self.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
+
 
 def _find_sub(seq: list[int], sub: list[int]) -> int:
     for i in range(len(seq) - len(sub) + 1):

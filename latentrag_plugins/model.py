@@ -456,3 +456,30 @@ def _load(path: Path, what: str, loader: Any) -> Any:
         raise
     except Exception as exc:  # transformers/safetensors raise many types on corrupt files
         raise CheckpointError(f"{path}: could not load {what}: {exc}") from None
+
+
+def load_document_tower(
+    path: str | os.PathLike[str], *, device: str | torch.device | None = None
+) -> EncoderTower:
+    """Load only the frozen document tower of a checkpoint (for indexing, without the LLM)."""
+    root = Path(path)
+    cfg = LatentRAGConfig.load(root / "config.json")
+    ret_dir = root / _RETRIEVER_DIR
+    source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
+    enc, tok, _ = load_encoder(source, trust_remote_code=cfg.trust_remote_code)
+    tower = LatentRAG._make_tower(enc, tok, cfg)
+    return tower.to(torch.device(device) if device else default_device()).eval()
+
+
+def retriever_tower(name: str, *, device: str | torch.device | None = None) -> EncoderTower:
+    """Load a retriever by id or path as a document tower, with pooling detected from it."""
+    enc, tok, path = load_encoder(name)
+    pooling, instruction = detect_pooling(path, enc)
+    tower = EncoderTower(
+        enc,
+        tok,
+        pooling=pooling,
+        query_instruction=instruction,
+        encoder_id=canonical_retriever_id(name),
+    )
+    return tower.to(torch.device(device) if device else default_device()).eval()

@@ -1,0 +1,70 @@
+"""``latentrag ask``: answer a question with a LatentRAG model over a FAISS index."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_device_arg, add_model_arg
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "ask",
+        help="Answer a question with a LatentRAG model over an index.",
+        description="Run the latent reasoning/retrieval loop and print the answer and its steps.",
+    )
+    p.add_argument("question", help="The question.")
+    add_model_arg(p)
+    p.add_argument("--index", required=True, metavar="DIR", help="FAISS index directory.")
+    p.add_argument("--decode", action="store_true", help="Decode latent thoughts and subqueries.")
+    p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
+    p.add_argument("--max-steps", type=int, default=None, help="Most retrieval steps.")
+    p.add_argument("--top-k", type=int, default=None, help="Documents per step.")
+    p.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .common import load_index, load_model, print_json
+
+    model = load_model(args.model, args.device)
+    store = load_index(args.index, model)
+    res = model.run(
+        args.question,
+        store,
+        decode=args.decode,
+        max_steps=args.max_steps,
+        top_k=args.top_k,
+        logit_lens=args.logit_lens,
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    print_result(res)
+    return 0
+
+
+def print_result(res) -> None:  # noqa: ANN001 - LatentRAGResult
+    """Print a result for people: steps, documents, answer, timings and counts."""
+    for s in res.steps:
+        head = f"step {s.index}: {s.action}" + (" (forced by max_steps)" if s.forced else "")
+        print(head)
+        if s.thought is not None:
+            print(f"  thought:  {s.thought}")
+        if s.subquery is not None:
+            print(f"  subquery: {s.subquery}")
+        for rank, d in enumerate(s.docs, 1):
+            print(f"  [{rank}] {d.id}  {d.score:.3f}  {d.title}")
+        if s.logit_lens:
+            for kind, rows in s.logit_lens.items():
+                print(f"  logit lens {kind}: " + " | ".join(",".join(r) for r in rows))
+    print(f"answer: {res.answer}")
+    t = res.timings_ms
+    print(
+        f"time: {t.total:.0f} ms (prefill {t.prefill:.0f}, reasoning {t.reasoning:.0f}, "
+        f"retrieval {t.retrieval:.0f}, answer {t.answer:.0f}, decode {t.decode:.0f}); "
+        f"{res.forward_passes} forward passes, {res.input_tokens} input / "
+        f"{res.output_tokens} output tokens"
+    )

@@ -1,0 +1,73 @@
+"""``latentrag init``: build an untrained LatentRAG model from a base LLM and a retriever."""
+
+from __future__ import annotations
+
+import argparse
+
+RANDOM_PREFIX = "random:"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "init",
+        help="Create an untrained LatentRAG model from a base LLM and a retriever.",
+        description=(
+            "Add the control tokens to a causal LM, create the projectors and the retriever "
+            "towers, and save an untrained LatentRAG checkpoint. Use `random:SHAPE` (e.g. "
+            "random:tiny, random:qwen2.5-0.5b) for a randomly initialised LLM of a named shape "
+            "with an offline tokenizer: no hub needed, but its answers are noise until trained."
+        ),
+    )
+    p.add_argument("out", metavar="OUT", help="Output checkpoint directory.")
+    p.add_argument("--base-model", required=True, help="Hub id, local path, or random:SHAPE.")
+    p.add_argument(
+        "--retriever",
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        help="Retriever hub id or path (default: all-MiniLM-L6-v2, offline via [demo]).",
+    )
+    p.add_argument("--n-think", type=int, default=4, help="Thought slots per step (default 4).")
+    p.add_argument("--n-query", type=int, default=16, help="Subquery slots per step (default 16).")
+    p.add_argument("--top-k", type=int, default=3, help="Documents per step (default 3).")
+    p.add_argument("--max-steps", type=int, default=4, help="Most retrieval steps (default 4).")
+    p.add_argument("--seed", type=int, default=0, help="Seed for new weights (default 0).")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="Allow custom model code from the hub."
+    )
+    p.add_argument("--force", action="store_true", help="Overwrite OUT if it exists.")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import LatentRAGError
+    from ..model import LatentRAG
+    from ..model_zoo import build_llm, build_tokenizer
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise LatentRAGError(f"{out} exists and is not empty (use --force to overwrite)")
+    base: object = args.base_model
+    tok = None
+    if args.base_model.startswith(RANDOM_PREFIX):
+        tok = build_tokenizer()
+        base = build_llm(args.base_model[len(RANDOM_PREFIX) :], vocab_size=len(tok), seed=args.seed)
+        base.config.name_or_path = args.base_model
+    model = LatentRAG.init(
+        base,
+        args.retriever,
+        tokenizer=tok,
+        device="cpu",
+        seed=args.seed,
+        n_think=args.n_think,
+        n_query=args.n_query,
+        top_k=args.top_k,
+        max_steps=args.max_steps,
+        trust_remote_code=args.trust_remote_code,
+    )
+    model.save_pretrained(out)
+    print(
+        f"saved an untrained LatentRAG model to {out} (base {args.base_model}, retriever {model.encoder_id})"
+    )
+    return 0

@@ -1,0 +1,104 @@
+"""Shared fixtures: an offline tokenizer, tiny random LLMs (Qwen2 and Llama shapes), the real
+all-MiniLM-L6-v2 retriever, and a FAISS store over the example corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from latentrag_plugins.model_zoo import build_tokenizer
+
+    return build_tokenizer()
+
+
+def make_model(tokenizer, shape: str = "tiny", **config):
+    import copy
+
+    from latentrag_plugins import LatentRAG
+    from latentrag_plugins.model_zoo import build_llm
+
+    tok = copy.deepcopy(tokenizer)
+    llm = build_llm(shape, vocab_size=len(tok), seed=1)
+    return LatentRAG.init(llm, tokenizer=tok, device="cpu", **config)
+
+
+@pytest.fixture(scope="session", params=["tiny", "tiny-llama"])
+def any_model(request, tokenizer):
+    """A tiny untrained LatentRAG, once per LLM shape (Qwen2, Llama)."""
+    return make_model(tokenizer, request.param)
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer):
+    """A tiny untrained Qwen2-shaped LatentRAG with the real MiniLM retriever."""
+    return make_model(tokenizer, "tiny")
+
+
+@pytest.fixture(scope="session")
+def store(model):
+    """A FAISS store over examples/corpus.jsonl, built with the model's document tower."""
+    from latentrag_plugins.store.corpus import read_corpus
+    from latentrag_plugins.store.faiss_store import FaissStore
+
+    return FaissStore.build(
+        model.doc_tower, read_corpus(EXAMPLES / "corpus.jsonl"), show_progress=False
+    )
+
+
+class ForceActions:
+    """LM-head hook that forces the action at the last thought slot.
+
+    ``mode="retrieve"`` always retrieves; ``"answer"`` always answers; ``"hidden"`` decides by a
+    fixed random projection of the state's offset from a reference state, so the choice depends
+    on the state (same in batched and one-by-one runs) and differs across questions and steps.
+    """
+
+    def __init__(self, model, mode: str = "retrieve") -> None:
+        self.model, self.mode = model, mode
+        self.handle = None
+
+    def _hook(self, module, args, out):
+        ids = self.model.ids
+        h = args[0]
+        if self.mode == "hidden":
+            sign = torch.sign((h.float() - self.h0) @ self.direction + 1e-6)
+        else:
+            sign = torch.ones(h.shape[:-1]) * (1 if self.mode == "retrieve" else -1)
+        out = out.clone()
+        out[..., ids.query[0]] += 1000 * sign
+        out[..., ids.answer] -= 1000 * sign
+        return out
+
+    def __enter__(self):
+        if self.mode == "hidden":
+            from latentrag_plugins.context import BatchedContext
+
+            m = self.model
+            with torch.inference_mode():
+                ctx = BatchedContext(m.llm, 1, m.ids.pad)
+                ref = m.prompts.question("reference") + m.prompts.think_slots()
+                self.h0 = ctx.feed([ref])[0, -1].float()  # (d,)
+            gen = torch.Generator().manual_seed(1)
+            self.direction = torch.randn(m.llm.config.hidden_size, generator=gen)  # (d,)
+        self.handle = self.model.llm.get_output_embeddings().register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.fixture
+def force():
+    return ForceActions

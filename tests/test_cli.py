@@ -1,0 +1,74 @@
+"""CLI smoke tests: init -> index -> ask --json, --help everywhere, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentrag_plugins.cli.main import COMMANDS, build_parser, main
+from tests.conftest import EXAMPLES
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    names = [a for a in parser._subparsers._group_actions[0].choices]  # type: ignore[union-attr]
+    assert {"init", "index", "ask"} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert "usage" in capsys.readouterr().out
+    assert set(names) <= set(COMMANDS)
+
+
+def test_init_index_ask_json(tmp_path, capsys):
+    model_dir, index_dir = tmp_path / "m", tmp_path / "idx"
+    assert main(["init", "--base-model", "random:tiny", str(model_dir)]) == 0
+    assert (
+        main(["index", str(EXAMPLES / "corpus.jsonl"), str(index_dir), "--model", str(model_dir)])
+        == 0
+    )
+    assert json.loads((index_dir / "manifest.json").read_text())["count"] == 28
+    capsys.readouterr()
+    q = "In which country was Marie Curie born?"
+    assert (
+        main(["ask", "--model", str(model_dir), "--index", str(index_dir), q, "--json", "--decode"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {
+        "answer",
+        "steps",
+        "timings_ms",
+        "forward_passes",
+        "input_tokens",
+        "output_tokens",
+    }
+    assert set(out["timings_ms"]) == {
+        "prefill",
+        "reasoning",
+        "retrieval",
+        "answer",
+        "decode",
+        "total",
+    }
+    assert out["forward_passes"] >= 2
+    assert all("thought" in s for s in out["steps"])
+    assert main(["ask", "--model", str(model_dir), "--index", str(index_dir), q]) == 0
+    assert "answer:" in capsys.readouterr().out
+
+
+def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, capsys):
+    assert main(["ask", "--model", str(tmp_path / "nope"), "--index", str(tmp_path), "q"]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "x").write_text("")
+    assert main(["init", "--base-model", "random:tiny", str(model_dir)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "contents": "ok"}\nnot json\n')
+    assert main(["index", str(bad), str(tmp_path / "i")]) == 1
+    assert "bad.jsonl:2" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Save -> load round trips of the model and its modules; clear errors for bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from latentrag_plugins import LatentRAG
+from latentrag_plugins.config import LatentRAGConfig
+from latentrag_plugins.errors import CheckpointError
+from latentrag_plugins.projector import Projector
+
+Q = "Which river flows through the birthplace of Albert Einstein?"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, model):
+    # Make the query tower differ from the frozen document tower, as after training.
+    with torch.no_grad():
+        model.query_tower.encoder.encoder.layer[-1].output.dense.bias.add_(0.05)
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+def test_round_trip_gives_identical_results(saved, model, store, force):
+    loaded = LatentRAG.from_pretrained(saved, device="cpu")
+    with force(model, "retrieve"):
+        a = model.run(Q, store, max_steps=2, decode=True)
+    with force(loaded, "retrieve"):
+        b = loaded.run(Q, store, max_steps=2, decode=True)
+    assert a.answer == b.answer
+    assert [s.model_dump(exclude={"logit_lens"}) for s in a.steps] == [
+        s.model_dump(exclude={"logit_lens"}) for s in b.steps
+    ]
+    for la, lb in zip(a._latents, b._latents):
+        assert la.keys() == lb.keys()
+        for k in la:
+            torch.testing.assert_close(la[k], lb[k])
+    for name in ("proj_ret", "proj_think", "proj_query", "query_tower"):
+        sa, sb = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k])
+    assert loaded.tokenizer.convert_tokens_to_ids("<query_16>") == model.ids.query[-1]
+    assert loaded.config == model.config
+
+
+def test_checkpoint_layout_is_safetensors_only(saved):
+    files = [p for p in saved.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["library_version"]
+    assert list(cfg) == sorted(cfg)
+    assert (
+        saved / "query_tower.safetensors"
+    ).stat().st_size < 2_000_000  # only the changed tensors
+
+
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "config.json",
+        "proj_ret/model.safetensors",
+        "proj_think/config.json",
+        "query_tower.safetensors",
+        "llm",
+    ],
+)
+def test_missing_file_is_named(saved, tmp_path, victim):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(saved, copy)
+    target = copy / victim
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CheckpointError, match=victim.split("/")[0]):
+        LatentRAG.from_pretrained(copy, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "victim", ["config.json", "proj_query/model.safetensors", "query_tower.safetensors"]
+)
+def test_corrupt_file_is_named(saved, tmp_path, victim):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(saved, copy)
+    (copy / victim).write_bytes(b"\x00garbage{")
+    with pytest.raises(CheckpointError, match=victim.split("/")[-1].split(".")[0]):
+        LatentRAG.from_pretrained(copy, device="cpu")
+
+
+def test_projector_round_trip(tmp_path):
+    proj = Projector(64, 32, n_heads=4)
+    x = torch.randn(2, 5, 64)
+    proj.save(tmp_path / "p")
+    again = Projector.load(tmp_path / "p")
+    proj.eval(), again.eval()
+    torch.testing.assert_close(proj(x), again(x))
+    assert proj(x).shape == (2, 5, 32)
+
+
+def test_projector_is_bidirectional():
+    proj = Projector(64, 64).eval()
+    x = torch.randn(1, 4, 64)
+    y = x.clone()
+    y[0, -1] += torch.randn(64)  # change only the last token
+    assert not torch.allclose(proj(x)[0, 0], proj(y)[0, 0])  # the first token sees it
+
+
+def test_config_validation_and_unknown_keys(tmp_path):
+    with pytest.raises(ValueError):
+        LatentRAGConfig(base_model="x", n_think=0)
+    with pytest.raises(ValueError):
+        LatentRAGConfig(base_model="  ")
+    path = tmp_path / "config.json"
+    LatentRAGConfig(base_model="x").save(path)
+    data = json.loads(path.read_text())
+    data["from_the_future"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="from_the_future"):
+        cfg = LatentRAGConfig.load(path)
+    assert cfg.base_model == "x"
+
+
+def test_retriever_pooling_is_recorded(model):
+    assert model.config.retriever_pooling == "mean"
+    assert model.config.retriever == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model.config.retriever_dim == 384
+    assert model.config.trust_remote_code is False
+
+
+def test_last_token_pooling_for_decoder_embedders(tokenizer):
+    import copy
+
+    from latentrag_plugins.model_zoo import build_encoder, build_llm
+
+    tok = copy.deepcopy(tokenizer)
+    enc = build_encoder("tiny-qwen3-emb", vocab_size=len(tok))
+    m = LatentRAG.init(
+        build_llm("tiny", vocab_size=len(tok)), (enc, copy.deepcopy(tokenizer)),
+        tokenizer=tok, retriever_id="Qwen/Qwen3-Embedding-0.6B-shaped", device="cpu",
+    )  # fmt: skip
+    assert m.config.retriever_pooling == "last_token"
+    e = m.embed_documents(["a short one", "a much longer document about many things"])
+    assert e.shape == (2, 64)
+    assert abs(float((e**2).sum(1)[0]) - 1) < 1e-4
