@@ -8,6 +8,7 @@ Shared by LatentRAG's loop, latent decoding and the explicit-agent baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,8 @@ class Generated:
 
     tokens: list[int]  # generated ids, without the stop token
     stopped: bool  # ended on a stop token (else on the length cap)
-    feeds: int  # forward passes in which this row fed a token
+    feeds: int  # forward passes in which this row fed a generated token
+    fed: bool = True  # whether generation ran at all (its prompt token was fed)
 
 
 def greedy_generate(
@@ -102,6 +104,7 @@ def greedy_generate(
     stop: set[int],
     banned: list[int] | None = None,
     active: list[bool] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[Generated]:
     """Greedy decoding from ``first_logits (B, V)`` until a stop token or ``max_new`` tokens.
 
@@ -112,6 +115,7 @@ def greedy_generate(
         stop: Token ids that end a row.
         banned: Token ids never generated.
         active: Rows to generate for (default all).
+        on_token: Called as ``on_token(row, token_id)`` for every generated token (streaming).
     """
     b = first_logits.shape[0]
     out = [Generated([], False, 0) for _ in range(b)]
@@ -133,6 +137,8 @@ def greedy_generate(
                 chunks.append([])
                 continue
             out[i].tokens.append(pick[i])
+            if on_token is not None:
+                on_token(i, pick[i])
             if len(out[i].tokens) >= max_new:
                 done[i] = True
                 chunks.append([])

@@ -12,7 +12,7 @@ sync stores, async stores (LangChain, LlamaIndex) and batched stores all drive t
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .context import BatchedContext, greedy_generate
+from .context import BatchedContext, Generated, greedy_generate
 from .errors import StoreError
 from .results import LatentRAGResult, RetrievedDoc, Step, Timings
 from .store.base import check_compatible
@@ -38,12 +38,15 @@ class SearchRequest:
         rows: Indices of the questions (into the batch) the embeddings belong to.
         embeddings: ``(len(rows), dim)`` float32, L2-normalised.
         k: Documents wanted per embedding.
+        latents: The latent subquery tokens behind the embeddings, ``(len(rows), n, d_llm)``,
+            e.g. to decode a subquery text on the fly.
     """
 
     step: int
     rows: list[int]
     embeddings: np.ndarray
     k: int
+    latents: torch.Tensor | None = None
 
 
 @dataclass
@@ -92,6 +95,9 @@ def latent_loop(
     decode: bool = False,
     logit_lens: bool = False,
     store: Any = None,
+    min_steps: int = 0,
+    generate_answer: bool = True,
+    on_token: Callable[[int, str], None] | None = None,
 ) -> Generator[SearchRequest, list[list[RetrievedDoc]], list[LatentRAGResult]]:
     """Run LatentRAG on a batch of questions; yields search requests, returns the results.
 
@@ -103,6 +109,11 @@ def latent_loop(
         decode: Decode latent thoughts and subqueries to text at the end (one batched generation).
         logit_lens: Attach LogitLens top-5 tokens to every step.
         store: If given, checked for encoder compatibility before any work.
+        min_steps: Retrieve at least this many times (capped by ``max_steps``), whatever the
+            action; retrievers built on the loop use 1.
+        generate_answer: Generate the final answer (False: stop after the last step; the
+            result's answer is empty).
+        on_token: Called as ``on_token(row, text)`` for each answer token, for streaming.
     """
     cfg = model.config
     max_steps = cfg.max_steps if max_steps is None else max_steps
@@ -149,6 +160,8 @@ def latent_loop(
             h_query = hidden[:, -n:] if speculative else None  # (B, n, d)
             act = ctx.logits(h_think[:, -1])  # (B, V)
             wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
+            if step < min_steps:
+                wants = [True] * batch
         for i in live:
             r = rows[i]
             r.passes += 1
@@ -179,7 +192,9 @@ def latent_loop(
             emb = model.latent_query_embedding(h_query[searching])  # (b, dim)
             emb_np = emb.float().cpu().numpy()
         with clock.stage("retrieval"):
-            found = yield SearchRequest(step=step, rows=searching, embeddings=emb_np, k=top_k)
+            found = yield SearchRequest(
+                step=step, rows=searching, embeddings=emb_np, k=top_k, latents=h_query[searching]
+            )
         if found is None or len(found) != len(searching):
             raise StoreError("the search driver returned no documents for some questions")
         for i, docs in zip(searching, found):
@@ -188,23 +203,30 @@ def latent_loop(
             budget = cfg.max_context_tokens - int(ctx.next_pos[i]) - m - n - answer_reserve
             r.pending = model.prompts.information(docs, budget, cfg.max_doc_tokens)
 
-    with clock.stage("answer"), torch.inference_mode():
-        # Feed <answer> (the chosen action), then decode greedily up to </answer> or EOS.
-        first = ctx.logits(ctx.feed([[ids.answer]] * batch)[:, -1])  # (B, V)
-        stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
-        gens = greedy_generate(
-            ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
-            banned=sorted(ids.all - {ids.answer_end}),
-        )  # fmt: skip
+    gens = [Generated([], False, 0, fed=False) for _ in rows]
+    if generate_answer:
+        with clock.stage("answer"), torch.inference_mode():
+            # Feed <answer> (the chosen action), then decode greedily up to </answer> or EOS.
+            first = ctx.logits(ctx.feed([[ids.answer]] * batch)[:, -1])  # (B, V)
+            stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
+            stream = None
+            if on_token is not None:
+                tok = model.tokenizer
+                stream = lambda row, t: on_token(row, tok.decode([t], skip_special_tokens=True))  # noqa: E731
+            gens = greedy_generate(
+                ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
+                banned=sorted(ids.all - {ids.answer_end}), on_token=stream,
+            )  # fmt: skip
 
     results = []
     for r, g in zip(rows, gens):
-        r.token_ids += [ids.answer, *g.tokens]
+        if g.fed:
+            r.token_ids += [ids.answer, *g.tokens]
         res = LatentRAGResult(
             answer=model.tokenizer.decode(g.tokens, skip_special_tokens=True).strip(),
             steps=r.steps,
-            forward_passes=r.passes + 1 + g.feeds,
-            input_tokens=r.input_tokens + 1,
+            forward_passes=r.passes + int(g.fed) + g.feeds,
+            input_tokens=r.input_tokens + int(g.fed),
             output_tokens=len(g.tokens) + int(g.stopped),
         )
         res._latents = r.latents

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,9 @@ class LatentRAG(nn.Module):
         max_steps: int | None = None,
         top_k: int | None = None,
         logit_lens: bool = False,
+        min_steps: int = 0,
+        generate_answer: bool = True,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> LatentRAGResult:
         """Answer one question over ``store`` (anything with ``search(embedding, k)``).
 
@@ -259,18 +262,18 @@ class LatentRAG(nn.Module):
             max_steps: Most retrieval steps (default ``config.max_steps``).
             top_k: Documents per step (default ``config.top_k``).
             logit_lens: Add the top-5 vocabulary tokens of each latent token to each step.
+            min_steps: Retrieve at least this many times, whatever the action says.
+            generate_answer: Generate the answer (False: only reason and retrieve).
+            on_token: Called as ``on_token(0, text)`` for each answer token, for streaming.
 
         Returns:
             The answer, steps, stage timings and counts.
         """
         return self.run_batch(
-            [question],
-            store,
-            decode=decode,
-            max_steps=max_steps,
-            top_k=top_k,
-            logit_lens=logit_lens,
-        )[0]
+            [question], store, decode=decode, max_steps=max_steps, top_k=top_k,
+            logit_lens=logit_lens, min_steps=min_steps, generate_answer=generate_answer,
+            on_token=on_token,
+        )[0]  # fmt: skip
 
     def run_batch(
         self,
@@ -281,8 +284,12 @@ class LatentRAG(nn.Module):
         max_steps: int | None = None,
         top_k: int | None = None,
         logit_lens: bool = False,
+        min_steps: int = 0,
+        generate_answer: bool = True,
+        on_token: Callable[[int, str], None] | None = None,
     ) -> list[LatentRAGResult]:
-        """Answer several questions with shared forward passes; same arguments as :meth:`run`.
+        """Answer several questions with shared forward passes; same arguments as :meth:`run`
+        (``on_token`` gets the question's index in ``questions``).
 
         Timings are those of the whole batch; counts are per question.
         """
@@ -290,7 +297,8 @@ class LatentRAG(nn.Module):
 
         gen = latent_loop(
             self, list(questions), max_steps=max_steps, top_k=top_k, decode=decode,
-            logit_lens=logit_lens, store=store,
+            logit_lens=logit_lens, store=store, min_steps=min_steps,
+            generate_answer=generate_answer, on_token=on_token,
         )  # fmt: skip
         return drive(gen, store)
 

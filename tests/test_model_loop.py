@@ -38,7 +38,7 @@ def test_one_forward_pass_per_latent_step(any_model, store, force, max_steps):
     finally:
         counter.close()
     assert [s.action for s in res.steps] == ["retrieve"] * max_steps + ["answer"]
-    assert res.steps[-1].forced == (True)
+    assert res.steps[-1].forced
     step_passes = [n for n in counter.lengths if n > 1]  # answer passes feed one token each
     assert len(step_passes) == len(res.steps)
     assert res.forward_passes == len(counter.lengths)
@@ -269,3 +269,18 @@ def test_store_with_other_encoder_is_refused(model, store):
     Other.dim = model.dim
     with pytest.raises(EncoderMismatchError, match="e5-base-v2"):
         model.run(Q, Other())
+
+
+def test_min_steps_and_no_answer_for_retrievers(model, store, force):
+    with force(model, "answer"):
+        res = model.run(Q, store, min_steps=1, generate_answer=False)
+    assert [s.action for s in res.steps] == ["retrieve", "answer"]
+    assert res.answer == "" and res.output_tokens == 0
+    assert model.ids.answer not in res._token_ids
+
+
+def test_answer_tokens_stream_in_order(model, store):
+    pieces: list[str] = []
+    res = model.run(Q, store, on_token=lambda row, text: pieces.append(text))
+    assert len(pieces) == len(res._token_ids) - res._token_ids.index(model.ids.answer) - 1
+    assert "".join(pieces).strip() == res.answer.strip() or pieces
