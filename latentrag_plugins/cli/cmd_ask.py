@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .common import load_index, load_model, print_json
 
+    if not args.question.strip():
+        raise ValueError("question is empty: ask a non-empty question")
     model = load_model(args.model, args.device)
     store = load_index(args.index, model)
     res = model.run(

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.verbose:
+        _quiet_hub_progress()
     try:
         return int(args.func(args) or 0)
     except (LatentRAGError, FileNotFoundError, ValueError, ImportError) as exc:
@@ -72,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_hub_progress() -> None:
+    """Hide Hugging Face download/loading bars; our own progress bars stay."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":
