@@ -23,6 +23,9 @@ LLM_SHAPES: dict[str, dict] = {
     "tiny-llama": dict(model_type="llama", hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        tie_word_embeddings=False),
+    # The demo base LM: small enough to pretrain on a CPU, big enough to read and copy.
+    "demo": dict(model_type="qwen2", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864,
                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                          tie_word_embeddings=True, vocab_size=151936, rope_theta=1e6),

@@ -1,0 +1,126 @@
+"""Build and pretrain the demo's base LLM from scratch on a text corpus (CPU-friendly).
+
+No pretrained LLM can be downloaded here, so the demo starts from a small Qwen2-shaped model
+(``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the same corpus,
+pretrained with plain next-token prediction on packed passages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..io_utils import atomic_path
+from ..model_zoo import build_llm, build_tokenizer
+
+
+def pack(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], seq_len: int) -> torch.Tensor:
+    """Tokenize texts, join them with EOS and cut into rows -> ``(N, seq_len)`` long."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"corpus too small: {len(ids)} tokens for seq_len={seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def pretrain(
+    model: PreTrainedModel,
+    data: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    warmup: int = 50,
+    seed: int = 0,
+    log_path: str | os.PathLike[str] | None = None,
+) -> list[dict[str, float]]:
+    """Next-token pretraining on packed rows ``data (N, L)`` with AdamW and a cosine schedule.
+
+    Returns:
+        The logged losses (every 10 steps), also appended to ``log_path`` as JSONL if given.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
+    )
+    model.train()
+    logs: list[dict[str, float]] = []
+    bar = tqdm(range(steps), desc="pretraining", unit="step")
+    t0 = time.perf_counter()
+    for step in bar:
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
+        batch = data[idx].to(model.device)  # (B, L)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == steps - 1:
+            rec = {
+                "step": step,
+                "loss": float(loss),
+                "lr": sched.get_last_lr()[0],
+                "time_s": time.perf_counter() - t0,
+            }
+            logs.append(rec)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if log_path:
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+    model.eval()
+    return logs
+
+
+def build_base_lm(
+    texts: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    shape: str = "demo",
+    vocab_size: int = 4096,
+    seq_len: int = 256,
+    steps: int = 2000,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on ``texts``, pretrain a ``shape`` LLM on them, save an HF model dir.
+
+    The directory loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and so works as
+    ``latentrag init --base-model DIR``.
+    """
+    tok = build_tokenizer(texts, vocab_size=vocab_size)
+    model = build_llm(shape, vocab_size=len(tok), seed=seed)
+    data = pack(tok, texts, seq_len)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        logs = pretrain(
+            model,
+            data,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            log_path=tmp / "pretrain_log.jsonl",
+        )
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "pretrain.json").write_text(
+            json.dumps({"shape": shape, "vocab_size": len(tok), "seq_len": seq_len, "steps": steps,
+                        "batch_size": batch_size, "lr": lr, "seed": seed, "rows": int(data.shape[0]),
+                        "final_loss": logs[-1]["loss"]}, indent=2, sort_keys=True)
+        )  # fmt: skip
+    return Path(out)
