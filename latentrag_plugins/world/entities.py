@@ -26,6 +26,7 @@ HUB_KINDS: frozenset[str] = frozenset({"country", "city"})
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "dev": 0.1, "test": 0.1}
 LATEST_YEAR = 2023
+FIRST_FILM_YEAR = 1895
 
 
 @dataclass(frozen=True)
@@ -289,40 +290,57 @@ def generate_world(seed: int, size: str = "default") -> World:
             founder.facts["founded"] = o.id
         publishers = [e for e in ents if e.kind == "organisation" and e.split == split
                       and e.attrs["type"] == "publisher"]  # fmt: skip
-        # Films: directors may make several; the lead actor is another person.
+        # Films: directors may make several; the lead actor is another person, aged 8 to 70.
         directors = roles["director"] or people
         actors = roles["actor"] or people
         for _ in range(per_split["films"][split]):
-            d = rng.choice(directors)
-            year = min(LATEST_YEAR, int(d.facts["birth_year"]) + rng.randint(22, 60))
+            for _try in range(200):
+                d = rng.choice(directors)
+                born = int(d.facts["birth_year"])
+                first, last = max(born + 22, FIRST_FILM_YEAR), min(LATEST_YEAR, born + 65)
+                if first > last:
+                    continue
+                year = rng.randint(first, last)
+                cands = [a for a in actors if a is not d and _age_ok(a, year, 8, 70)]
+                cands = cands or [a for a in people if a is not d and _age_ok(a, year, 8, 70)]
+                if cands:
+                    break
+            else:  # pragma: no cover - needs a degenerate split
+                raise RuntimeError(f"no lead actor fits a film in split {split}")
             f = new_c("film", names.film(), split)
             f.attrs["genre"] = rng.choice(FILM_GENRES)
             f.facts["director"] = d.id
             f.facts["release_year"] = year
-            cands = [a for a in actors if a is not d and int(a.facts["birth_year"]) <= year - 8]
-            f.facts["star"] = rng.choice(cands or [a for a in people if a is not d]).id
-        # Books: published by a publisher of the same split that already existed.
+            f.facts["star"] = rng.choice(cands).id
+        # Books: written at 20 to 75 by a writer, published by a publisher that already existed.
         authors = roles["author"] or people
         for _ in range(per_split["books"][split]):
-            a = rng.choice(authors)
-            year = min(LATEST_YEAR, int(a.facts["birth_year"]) + rng.randint(20, 70))
-            pub = [o for o in publishers if int(o.facts["founded_year"]) <= year]
-            publisher = (
-                rng.choice(pub)
-                if pub
-                else min(publishers, key=lambda o: int(o.facts["founded_year"]))
-            )
-            year = max(year, int(publisher.facts["founded_year"]))
+            for _try in range(200):
+                a = rng.choice(authors)
+                born = int(a.facts["birth_year"])
+                last = min(LATEST_YEAR, born + 75)
+                pubs = [o for o in publishers if int(o.facts["founded_year"]) <= last]
+                if pubs:
+                    break
+            else:  # pragma: no cover - needs a degenerate split
+                raise RuntimeError(f"no publisher fits a book in split {split}")
+            publisher = rng.choice(pubs)
             b = new_c("book", names.book(), split)
             b.attrs["genre"] = rng.choice(BOOK_GENRES)
             b.facts["author"] = a.id
-            b.facts["publication_year"] = year
+            b.facts["publication_year"] = rng.randint(
+                max(born + 20, int(publisher.facts["founded_year"])), last
+            )
             b.facts["publisher"] = publisher.id
 
     world = World(seed, size, ents)
     for p in world.of_kind("person"):
         p.attrs["occupation"] = _occupation(world, p, rng)
     return world
+
+
+def _age_ok(person: Entity, year: int, low: int, high: int) -> bool:
+    return low <= year - int(person.facts["birth_year"]) <= high
 
 
 def _occupation(world: World, person: Entity, rng: random.Random) -> str:

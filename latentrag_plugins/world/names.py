@@ -9,17 +9,21 @@ no real-world knowledge helps to answer a question about it.
 from __future__ import annotations
 
 import random
+import re
 
 _ONSETS: tuple[str, ...] = (
     "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
-    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "vr", "fl", "kl", "sk",
+    "b", "d", "k", "l", "m", "n", "r", "s", "t", "v",
+    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "fl", "kl",
 )  # fmt: skip
-_VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei", "ou", "ia")
-_CODAS: tuple[str, ...] = ("", "", "", "n", "r", "l", "s", "m", "th", "nd", "rk", "st", "x")
+_VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u", "a", "e", "o", "a", "e", "i", "o", "ai", "ou")
+_CODAS: tuple[str, ...] = ("", "", "", "", "", "n", "r", "l", "s", "m", "n", "r")
+_CONSONANT_RUN = re.compile(r"[^aeiouy]{3}")
+_VOWEL_RUN = re.compile(r"[aeiouy]{3}|aa|ii|uu|ae|ea")
 
-_COUNTRY_SUFFIXES = ("ia", "ania", "land", "mark", "ora", "esh", "istan", "ary")
+_COUNTRY_SUFFIXES = ("ia", "ania", "land", "mark", "ora", "esh", "istan", "ary", "ia")
 _CITY_SUFFIXES = ("", "", "", "holm", "ford", "port", "mere", "vik", "grad", "burg", "stad", "wick")
-_SURNAME_SUFFIXES = ("", "", "", "sen", "ova", "ez", "ard", "ini", "berg", "wyn", "ak")
+_SURNAME_SUFFIXES = ("", "", "", "", "sen", "ova", "ez", "ard", "ini", "berg", "wyn")
 
 _ORG_SUFFIXES: dict[str, tuple[str, ...]] = {
     "company": ("Industries", "Group", "Holdings", "Works", "Trading Company", "Corporation"),
@@ -34,108 +38,24 @@ ADJECTIVES: tuple[str, ...] = (
     "Winter", "Lost", "Second", "Pale", "Wandering", "Hollow", "Bright", "Iron", "Secret",
 )  # fmt: skip
 NOUNS: tuple[str, ...] = (
-    "Road", "River", "Garden", "Letters", "Harbour", "Shadow", "Bridge", "Lantern", "Orchard",
+    "Road", "River", "Garden", "Letter", "Harbour", "Shadow", "Bridge", "Lantern", "Orchard",
     "Tower", "Song", "Mirror", "Crossing", "Summer", "Island", "Voyage", "Archive", "Storm",
 )  # fmt: skip
 
-# Real places and common given names that syllables could produce by chance.
+# Real places and given names that syllables could produce by chance, pronouns, and the cue
+# words the oracle reads facts by (a name must never look like one).
 _BLOCKLIST: frozenset[str] = frozenset(
-    [
-        "lima",
-        "roma",
-        "rome",
-        "kobe",
-        "oslo",
-        "bern",
-        "nara",
-        "sofia",
-        "malta",
-        "cuba",
-        "peru",
-        "chad",
-        "mali",
-        "togo",
-        "fiji",
-        "riga",
-        "baku",
-        "doha",
-        "dili",
-        "kiev",
-        "kyiv",
-        "lagos",
-        "dakar",
-        "milan",
-        "tokyo",
-        "kyoto",
-        "osaka",
-        "paris",
-        "maria",
-        "anna",
-        "dana",
-        "tina",
-        "nina",
-        "lena",
-        "sara",
-        "mara",
-        "vera",
-        "kara",
-        "dora",
-        "nora",
-        "tara",
-        "lara",
-        "mina",
-        "rita",
-        "sofia",
-        "india",
-        "china",
-        "iran",
-        "iraq",
-        "oman",
-        "nepal",
-        "laos",
-        "gaza",
-        "texas",
-        "boston",
-        "dallas",
-        "berlin",
-        "vienna",
-        "london",
-        "hanoi",
-        "seoul",
-        "delhi",
-        "cairo",
-        "tunis",
-        "rabat",
-        "accra",
-        "lusaka",
-        "harare",
-        "kabul",
-        "minsk",
-        "vilnius",
-        "tallinn",
-        "zagreb",
-        "skopje",
-        "tirana",
-        "sana",
-        "tel",
-        "aviv",
-        "bonn",
-        "hamburg",
-        "essen",
-        "moscow",
-        "praha",
-        "prague",
-        "lisbon",
-        "madrid",
-        "porto",
-        "sevilla",
-        "napoli",
-        "genova",
-        "torino",
-        "parma",
-        "pisa",
-        "siena",
-    ]
+    """lima roma rome kobe oslo bern nara sofia malta cuba peru chad mali togo fiji riga baku doha
+    dili kiev kyiv lagos dakar milan tokyo kyoto osaka paris maria anna dana tina nina lena sara
+    mara vera kara dora nora tara lara mina rita india china iran iraq oman nepal laos gaza texas
+    boston dallas berlin vienna london hanoi seoul delhi cairo tunis rabat accra lusaka harare
+    kabul minsk vilnius tallinn zagreb skopje tirana sana tel aviv bonn hamburg essen moscow praha
+    prague lisbon madrid porto sevilla napoli genova torino parma pisa siena
+    he she his her hers him it its they them their one two ten man men son sun
+    born birthplace married spouse founded founder established city town cities located capital
+    headquarters headquartered based home directed director directing stars starred lead appeared
+    released premiered film films wrote written author by published publisher book books novel
+    memoir collection""".split()  # noqa: SIM905
 )
 
 
@@ -154,18 +74,25 @@ class NameGenerator:
             for s in suffixes:
                 self._used_words.update(s.lower().split())
         self._used_words.update(
-            {"the", "of", "and", "for", "to", "a", "from", "return", "university"}
+            {"the", "of", "and", "for", "to", "a", "from", "return", "letters", "university"}
         )
         self._used_names: set[str] = set()
         self._first: dict[str, list[str]] = {
-            "f": [self.word(2, 2, ending="a") for _ in range(first_names)],
-            "m": [self.word(1, 2, ending="n") for _ in range(first_names)],
+            "f": [self.word(1, 2, ending="a", min_len=3) for _ in range(first_names)],
+            "m": [self.word(1, 2, ending="n", min_len=3) for _ in range(first_names)],
         }
 
     def _syllable(self) -> str:
         return self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
 
-    def word(self, min_syl: int = 2, max_syl: int = 3, ending: str = "", suffixes=("",)) -> str:
+    def word(
+        self,
+        min_syl: int = 2,
+        max_syl: int = 3,
+        ending: str = "",
+        suffixes: tuple[str, ...] = ("",),
+        min_len: int = 4,
+    ) -> str:
         """Return a new invented word, capitalised, never returned before.
 
         Args:
@@ -173,12 +100,20 @@ class NameGenerator:
             max_syl: Most syllables.
             ending: Optional letters appended (e.g. a feminine ``"a"``).
             suffixes: Candidate suffixes; one is drawn per attempt.
+            min_len: Fewest letters.
         """
         for _ in range(1000):
             n = self.rng.randint(min_syl, max_syl)
             stem = "".join(self._syllable() for _ in range(n))
+            if ending and ending[0] not in "aeiou" and stem[-1] not in "aeiou":
+                continue
             w = stem + ending + self.rng.choice(suffixes)
-            if not 3 <= len(w) <= 12 or any(c * 3 in w for c in set(w)):
+            flat = w.lower().replace("th", "T").replace("sh", "S")
+            if (
+                not min_len <= len(w) <= 11
+                or _CONSONANT_RUN.search(flat)
+                or _VOWEL_RUN.search(flat)
+            ):
                 continue
             key = w.lower()
             if key in self._used_words:
