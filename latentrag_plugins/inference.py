@@ -40,6 +40,8 @@ class SearchRequest:
         k: Documents wanted per embedding.
         latents: The latent subquery tokens behind the embeddings, ``(len(rows), n, d_llm)``,
             e.g. to decode a subquery text on the fly.
+        thoughts: The latent thought tokens of the same step, ``(len(rows), m, d_llm)``, e.g. to
+            decode the thought on the fly.
     """
 
     step: int
@@ -47,6 +49,7 @@ class SearchRequest:
     embeddings: np.ndarray
     k: int
     latents: torch.Tensor | None = None
+    thoughts: torch.Tensor | None = None
 
 
 @dataclass
@@ -193,7 +196,12 @@ def latent_loop(
             emb_np = emb.float().cpu().numpy()
         with clock.stage("retrieval"):
             found = yield SearchRequest(
-                step=step, rows=searching, embeddings=emb_np, k=top_k, latents=h_query[searching]
+                step=step,
+                rows=searching,
+                embeddings=emb_np,
+                k=top_k,
+                latents=h_query[searching],
+                thoughts=h_think[searching],
             )
         if found is None or len(found) != len(searching):
             raise StoreError("the search driver returned no documents for some questions")

@@ -1,0 +1,297 @@
+"""``LatentRAGQueryEngine``: a drop-in LlamaIndex query engine that reasons, retrieves and answers
+with LatentRAG over a ``VectorStoreIndex``, optionally streaming the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import queue
+import threading
+from collections.abc import AsyncGenerator, Generator
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.response.schema import (
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
+from llama_index.core.callbacks.base import CallbackManager
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.prompts.mixin import PromptMixinType
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow import Context
+
+from ..results import LatentRAGResult
+from ._driver import RunState
+from .events import stream_events_to
+from .retriever import LatentRAGRetriever
+
+if TYPE_CHECKING:
+    from ..model import LatentRAG
+
+dispatcher = get_dispatcher(__name__)
+
+EMPTY_RESPONSE = "Empty Response"  # what LlamaIndex's synthesizers answer without nodes
+TOOL_DESCRIPTION = (
+    "Answers a question over the knowledge base, reasoning and retrieving in several latent "
+    "steps (LatentRAG). Input: the full natural-language question."
+)
+
+
+def response_metadata(result: LatentRAGResult) -> dict[str, Any]:
+    """``{"latent_steps", "timings_ms", "forward_passes", "input_tokens", "output_tokens"}``."""
+    steps = [
+        {
+            "index": s.index,
+            "action": s.action,
+            "forced": s.forced,
+            "thought": s.thought,
+            "subquery": s.subquery,
+            "node_ids": [d.id for d in s.docs],
+            "scores": [d.score for d in s.docs],
+        }
+        for s in result.steps
+    ]
+    return {
+        "latent_steps": steps,
+        "timings_ms": result.timings_ms.model_dump(),
+        "forward_passes": result.forward_passes,
+        "input_tokens": result.input_tokens,
+        "output_tokens": result.output_tokens,
+    }
+
+
+def _answer(result: LatentRAGResult, state: RunState) -> str:
+    return EMPTY_RESPONSE if state.empty else result.answer
+
+
+class LatentRAGQueryEngine(BaseQueryEngine):
+    """Answer with LatentRAG: latent steps search the index, then the model answers.
+
+    Returns ``Response(answer, source_nodes, metadata)`` where ``source_nodes`` are every node the
+    model read (de-duplicated, step then rank order, with ``latentrag_step`` / ``latentrag_rank``
+    metadata) and ``metadata`` holds ``latent_steps`` (action, node ids, scores and, with
+    ``decode=True``, the decoded thought and subquery of each step), ``timings_ms`` and
+    ``forward_passes``. With ``streaming=True``, ``query`` returns a ``StreamingResponse`` and
+    ``aquery`` an ``AsyncStreamingResponse`` whose generator yields answer tokens; their
+    ``source_nodes`` are complete when returned and ``metadata`` is filled when the stream ends.
+
+    An empty index answers ``"Empty Response"`` with no source nodes (LlamaIndex's convention),
+    after one latent step. Step and thought events come from the
+    ``latentrag_plugins.llama_index.query_engine`` dispatcher, inside the query span.
+
+    Args:
+        model: A :class:`~latentrag_plugins.LatentRAG` or a checkpoint directory.
+        index: A ``VectorStoreIndex`` built with the model's document tower; checked.
+        streaming: Stream answer tokens.
+        decode: Decode each step's latent thought and subquery.
+        top_k: Nodes per latent step (default: the model's ``config.top_k``).
+        max_steps: Most latent retrieval steps, at least 1 (default: ``config.max_steps``).
+        callback_manager: LlamaIndex callback manager.
+        retriever_kwargs: Extra ``index.as_retriever`` arguments, e.g. ``filters``.
+    """
+
+    def __init__(
+        self,
+        model: LatentRAG | str | os.PathLike[str],
+        index: Any,
+        *,
+        streaming: bool = False,
+        decode: bool = False,
+        top_k: int | None = None,
+        max_steps: int | None = None,
+        callback_manager: CallbackManager | None = None,
+        retriever_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self._retriever = LatentRAGRetriever(
+            model,
+            index,
+            top_k=top_k,
+            max_steps=max_steps,
+            decode=decode,
+            callback_manager=callback_manager,
+            retriever_kwargs=retriever_kwargs,
+        )
+        self._driver = self._retriever._driver
+        self.streaming = streaming
+        super().__init__(callback_manager=callback_manager)
+
+    @property
+    def retriever(self) -> LatentRAGRetriever:
+        """The engine's :class:`LatentRAGRetriever` (same model, index and settings)."""
+        return self._retriever
+
+    def _get_prompt_modules(self) -> PromptMixinType:
+        return {}
+
+    def retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """Run only the latent retrieval steps."""
+        return self._retriever.retrieve(query_bundle)
+
+    async def aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """Async :meth:`retrieve`."""
+        return await self._retriever.aretrieve(query_bundle)
+
+    # ------------------------------------------------------------------------------ queries
+    @dispatcher.span
+    def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        """Answer synchronously (a ``StreamingResponse`` when streaming)."""
+        with self.callback_manager.event(
+            CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
+        ) as event:
+            if self.streaming:
+                response: RESPONSE_TYPE = self._stream(query_bundle)
+            else:
+                plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=True)
+                result, state = self._driver.run_plan(plan)
+                response = Response(_answer(result, state), state.nodes, response_metadata(result))
+            event.on_end(payload={EventPayload.RESPONSE: response})
+        return response
+
+    @dispatcher.span
+    async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        """Answer on the event loop (an ``AsyncStreamingResponse`` when streaming)."""
+        with self.callback_manager.event(
+            CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
+        ) as event:
+            if self.streaming:
+                response: RESPONSE_TYPE = await self._astream(query_bundle)
+            else:
+                plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=True)
+                result, state = await self._driver.arun_plan(plan)
+                response = Response(_answer(result, state), state.nodes, response_metadata(result))
+            event.on_end(payload={EventPayload.RESPONSE: response})
+        return response
+
+    def _stream(self, query_bundle: QueryBundle) -> StreamingResponse:
+        """Run the loop in a worker thread; return once the answer starts (all nodes known)."""
+        items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        state = RunState()
+        plan = self._driver.plan(
+            query_bundle.query_str,
+            dispatcher,
+            generate_answer=True,
+            state=state,
+            on_token=lambda _row, text: items.put(("token", text)),
+        )
+
+        def work() -> None:
+            try:
+                items.put(("done", self._driver.run_plan(plan)))
+            except BaseException as exc:  # handed to the consumer
+                items.put(("error", exc))
+
+        run = contextvars.copy_context().run  # keeps the query span for the events
+        threading.Thread(target=run, args=(work,), name="latentrag-stream", daemon=True).start()
+        first = items.get()
+        if first[0] == "error":
+            raise first[1]
+        metadata: dict[str, Any] = {}
+
+        def tokens() -> Generator[str, None, None]:
+            kind, value = first
+            while True:
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    metadata.update(response_metadata(value[0]))
+                    if value[1].empty:
+                        yield EMPTY_RESPONSE
+                    return
+                if value:
+                    yield value
+                kind, value = items.get()
+
+        return StreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
+
+    async def _astream(self, query_bundle: QueryBundle) -> AsyncStreamingResponse:
+        """Run the loop as a task; return once the answer starts (all nodes known)."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        state = RunState()
+        plan = self._driver.plan(
+            query_bundle.query_str,
+            dispatcher,
+            generate_answer=True,
+            state=state,
+            on_token=lambda _row, text: loop.call_soon_threadsafe(
+                items.put_nowait, ("token", text)
+            ),
+        )
+
+        async def work() -> None:
+            try:
+                items.put_nowait(("done", await self._driver.arun_plan(plan)))
+            except Exception as exc:  # handed to the consumer
+                items.put_nowait(("error", exc))
+
+        task = asyncio.create_task(work())  # copies the context: events stay in the query span
+        first = await items.get()
+        if first[0] == "error":
+            raise first[1]
+        metadata: dict[str, Any] = {}
+
+        async def tokens() -> AsyncGenerator[str, None]:
+            kind, value = first
+            _ = task  # keep the task referenced while the stream is alive
+            while True:
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    metadata.update(response_metadata(value[0]))
+                    if value[1].empty:
+                        yield EMPTY_RESPONSE
+                    return
+                if value:
+                    yield value
+                kind, value = await items.get()
+
+        return AsyncStreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
+
+    # ------------------------------------------------------------------------------ agent tool
+    def as_tool(
+        self,
+        name: str = "latentrag",
+        description: str = TOOL_DESCRIPTION,
+        *,
+        return_direct: bool = False,
+    ) -> FunctionTool:
+        """This engine as an agent tool that also streams its step and thought events.
+
+        The tool takes the workflow ``Context`` that ``FunctionAgent`` / ``ReActAgent`` /
+        ``AgentWorkflow`` inject into ``FunctionTool`` s with a ``ctx: Context`` parameter, and
+        writes :class:`~latentrag_plugins.llama_index.events.LatentStepStreamEvent` and
+        :class:`~latentrag_plugins.llama_index.events.LatentThoughtStreamEvent` to the agent's
+        event stream (``handler.stream_events()``). Its output is the answer text; the raw output
+        is the ``Response`` with source nodes and metadata. (``QueryEngineTool`` works too, with
+        events on the dispatcher only.)
+
+        Args:
+            name: Tool name shown to the agent's LLM.
+            description: Tool description shown to the agent's LLM.
+            return_direct: Return the tool output as the agent's answer.
+        """
+        engine = self
+
+        async def latentrag(ctx, query):  # type: ignore[no-untyped-def]
+            """Answer a question with LatentRAG.
+
+            Args:
+                query (str): The full natural-language question to answer.
+            """
+            with stream_events_to(ctx):
+                response = await engine.aquery(query)
+                if isinstance(response, AsyncStreamingResponse):
+                    response = await response.get_response()
+            return response
+
+        # Real classes, not strings: FunctionTool finds the Context parameter by annotation.
+        latentrag.__annotations__ = {"ctx": Context, "query": str, "return": Response}
+        return FunctionTool.from_defaults(
+            async_fn=latentrag, name=name, description=description, return_direct=return_direct
+        )
