@@ -1,0 +1,143 @@
+"""``LatentRAGRetriever``: LatentRAG's latent multi-step search over any LangChain vector store.
+
+A drop-in ``BaseRetriever``: where a chain or agent used ``vectorstore.as_retriever()``, use
+``LatentRAGRetriever(model=model, vectorstore=vectorstore)``. The store must hold vectors from
+the model's document tower (build it with :class:`LatentRAGEmbeddings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever, LangSmithRetrieverParams
+from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from ..model import LatentRAG
+from ._loop import (
+    LoopOptions,
+    aconsume,
+    adrive,
+    check_question,
+    collect_documents,
+    consume,
+    drive,
+    resolve_model,
+)
+from ._store_adapter import StoreSearcher, check_store, store_embeddings
+from .events import adispatch, dispatch
+
+_OVERRIDES = ("k", "top_k", "max_steps", "decode")
+
+
+class LatentRAGRetriever(BaseRetriever):
+    """Retrieve with LatentRAG: the model reasons in latent space and searches the store by
+    vector, once per latent step, for at least one and at most ``max_steps`` steps.
+
+    Returns the de-duplicated union of the documents of every step, in step then rank order, cut
+    to ``k``. If the model stops early, fewer than ``k`` documents can come back (at most
+    ``top_k`` per step taken); a search that finds nothing (an empty store, a filter that excludes
+    everything) gives a step without documents, so an empty store returns ``[]``.
+
+    Each document is a copy of the store's (same id, same metadata) whose metadata gains
+    ``latentrag_step`` and ``latentrag_rank`` (0-based), ``latentrag_score`` (the store's raw
+    score: a similarity or a distance, depending on the store; None if the store gives none)
+    and, with ``decode=True``, ``latentrag_subquery`` (the decoded latent subquery).
+
+    Every latent step dispatches the custom callback event ``latentrag_step``; with
+    ``decode=True`` every step's thought and subquery are decoded as the loop goes and dispatched
+    as ``latentrag_thought`` just before its ``latentrag_step`` (see
+    :mod:`latentrag_plugins.langchain.events`).
+
+    ``invoke(question, k=..., top_k=..., max_steps=..., decode=...)`` overrides those fields for
+    one call; other keyword arguments go to the store's search, as ``search_kwargs`` do.
+
+    Raises:
+        EncoderMismatchError: The store's embeddings or vectors are not the model's document
+            tower (at construction, or at the first call for a store that was empty).
+        StoreError: The store can't search by vector (at construction), or a search failed (the
+            store's exception is the ``__cause__``; nothing is returned).
+        ValueError: Empty question.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: LatentRAG = Field(repr=False, description="LatentRAG model or checkpoint path.")
+    vectorstore: VectorStore = Field(description="Store built with LatentRAGEmbeddings.")
+    k: int = Field(default=4, ge=1, description="Documents returned.")
+    top_k: int = Field(default=3, ge=1, description="Documents retrieved per latent step.")
+    max_steps: int = Field(default=4, ge=1, description="Most latent retrieval steps.")
+    decode: bool = Field(default=False, description="Decode thoughts and subqueries to text.")
+    search_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the store's search by vector."
+    )
+    _dim_checked: bool = PrivateAttr(default=False)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _load_model(cls, value: Any) -> LatentRAG:
+        return resolve_model(value)
+
+    @model_validator(mode="after")
+    def _check_store(self) -> LatentRAGRetriever:
+        StoreSearcher(self.vectorstore)  # raises if the store can't search by vector
+        self._dim_checked = check_store(self.vectorstore, self.model)
+        if self.tags is None:
+            self.tags = self._store_tags()
+        return self
+
+    def _store_tags(self) -> list[str]:
+        emb = store_embeddings(self.vectorstore)
+        return [type(self.vectorstore).__name__] + ([type(emb).__name__] if emb else [])
+
+    def _get_ls_params(self, **kwargs: Any) -> LangSmithRetrieverParams:
+        """Trace parameters, naming the vector store and embedding class like
+        ``VectorStoreRetriever``."""
+        params = super()._get_ls_params(**kwargs)
+        params["ls_vector_store_provider"] = type(self.vectorstore).__name__
+        if (emb := store_embeddings(self.vectorstore)) is not None:
+            params["ls_embedding_provider"] = type(emb).__name__
+        return params
+
+    def _prepare(
+        self, query: str, kwargs: dict[str, Any]
+    ) -> tuple[int, LoopOptions, StoreSearcher]:
+        check_question(query, type(self).__name__)
+        if not self._dim_checked:
+            self._dim_checked = check_store(self.vectorstore, self.model)
+        opts = {name: kwargs.pop(name, getattr(self, name)) for name in _OVERRIDES}
+        k, top_k, max_steps = int(opts["k"]), int(opts["top_k"]), int(opts["max_steps"])
+        if min(k, top_k, max_steps) < 1:
+            raise ValueError("k, top_k and max_steps must be >= 1")
+        loop = LoopOptions(
+            top_k=top_k, max_steps=max_steps, min_steps=1, decode=bool(opts["decode"]),
+            generate_answer=False,
+        )  # fmt: skip
+        return k, loop, StoreSearcher(self.vectorstore, {**self.search_kwargs, **kwargs})
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, opts, searcher = self._prepare(query, kwargs)
+        config = {"callbacks": run_manager.get_child()}
+        out = consume(
+            drive(self.model, [query], searcher, opts),
+            lambda _row, name, data: dispatch(name, data, config),
+        )
+        return collect_documents(out.results[0], out.hits[0], decode=opts.decode)[:k]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, opts, searcher = self._prepare(query, kwargs)
+        config = {"callbacks": run_manager.get_child()}
+        out = await aconsume(
+            adrive(self.model, [query], searcher, opts),
+            lambda _row, name, data: adispatch(name, data, config),
+        )
+        return collect_documents(out.results[0], out.hits[0], decode=opts.decode)[:k]
