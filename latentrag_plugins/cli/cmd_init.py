@@ -34,6 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--trust-remote-code", action="store_true", help="Allow custom model code from the hub."
     )
     p.add_argument("--force", action="store_true", help="Overwrite OUT if it exists.")
+    p.add_argument(
+        "--explicit",
+        action="store_true",
+        help="Create an explicit (Search-R1-protocol) baseline agent checkpoint instead, for "
+        "`latentrag eval --baselines explicit:OUT` and the trainer's explicit SFT mode "
+        "(--top-k and --max-steps set its top-k and max turns).",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -54,6 +61,24 @@ def run(args: argparse.Namespace) -> int:
         tok = build_tokenizer()
         base = build_llm(args.base_model[len(RANDOM_PREFIX) :], vocab_size=len(tok), seed=args.seed)
         base.config.name_or_path = args.base_model
+    if getattr(args, "explicit", False):
+        from ..baselines.explicit import ExplicitAgent
+
+        agent = ExplicitAgent.init(
+            base,
+            args.retriever,
+            tokenizer=tok,
+            device="cpu",
+            top_k=args.top_k,
+            max_turns=args.max_steps,
+            trust_remote_code=args.trust_remote_code,
+        )
+        agent.save_pretrained(out)
+        print(
+            f"saved an explicit agent to {out} (base {args.base_model}, "
+            f"retriever {agent.encoder_id})"
+        )
+        return 0
     model = LatentRAG.init(
         base,
         args.retriever,

@@ -1,0 +1,124 @@
+"""``ExplicitConfig``: the settings of an explicit (Search-R1-protocol) agent checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .._version import __version__
+from ..config import DEFAULT_RETRIEVER, Pooling
+from ..errors import CheckpointError
+from ..io_utils import write_json_atomic
+
+EXPLICIT_CONFIG_FILE = "explicit_config.json"
+
+
+class ExplicitConfig(BaseModel):
+    """Configuration of an :class:`~latentrag_plugins.baselines.explicit.ExplicitAgent`.
+
+    Generation settings mirror :class:`~latentrag_plugins.config.LatentRAGConfig` so that the
+    comparison with LatentRAG is fair (same top-k, same turn limit, same context budget, greedy
+    decoding). Unknown keys in a loaded config warn and are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    kind: Literal["explicit"] = Field(default="explicit", description="Checkpoint kind marker.")
+
+    # --- base models -------------------------------------------------------------------------
+    base_model: str = Field(description="Hub id or local path of the base causal LM.")
+    retriever: str = Field(
+        default=DEFAULT_RETRIEVER,
+        description="Canonical id of the dense retriever that embeds text subqueries and docs.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow custom model code from the hub. Off unless asked for."
+    )
+
+    # --- protocol ----------------------------------------------------------------------------
+    top_k: int = Field(default=3, ge=1, le=100, description="Documents retrieved per search.")
+    max_turns: int = Field(
+        default=4, ge=0, le=32, description="Most searches; then the answer is forced."
+    )
+    max_turn_tokens: int = Field(
+        default=256, ge=1, description="Most tokens generated per turn (thought + search call)."
+    )
+    max_answer_tokens: int = Field(
+        default=32, ge=1, description="Most tokens generated for a forced final answer."
+    )
+    max_context_tokens: int = Field(
+        default=3000, ge=64, description="Token budget of the whole LLM context of one question."
+    )
+    max_doc_tokens: int = Field(
+        default=256, ge=8, description="Most LLM tokens kept per retrieved document."
+    )
+
+    # --- retriever (document tower) ----------------------------------------------------------
+    retriever_pooling: Pooling = Field(
+        default="mean", description="Pooling of the encoder's last hidden states."
+    )
+    retriever_normalize: bool = Field(default=True, description="L2-normalise embeddings.")
+    retriever_max_length: int = Field(
+        default=256, ge=8, description="Most encoder tokens per document or text query."
+    )
+    query_instruction: str | None = Field(
+        default=None, description="Prefix for text subqueries (e.g. Qwen3-Embedding's)."
+    )
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    library_version: str = Field(default=__version__, description="Version that wrote this.")
+
+    @field_validator("base_model", "retriever")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must be a non-empty model id or path")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> ExplicitConfig:
+        need = self.max_turn_tokens + self.max_answer_tokens + 32
+        if self.max_context_tokens < need:
+            raise ValueError(
+                f"max_context_tokens={self.max_context_tokens} is too small for one turn and the "
+                f"answer (needs at least {need})"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExplicitConfig:
+        """Build from a dict; unknown keys warn and are dropped."""
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            warnings.warn(f"ExplicitConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as sorted JSON with the current library version."""
+        data = self.model_dump()
+        data["library_version"] = __version__
+        write_json_atomic(path, data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ExplicitConfig:
+        """Read a config file; raises CheckpointError naming the file when missing or invalid."""
+        p = Path(path)
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing explicit agent config file")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{p}: corrupt config file ({exc})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: corrupt config file (not a JSON object)")
+        if data.get("kind", "explicit") != "explicit":
+            raise CheckpointError(f"{p}: not an explicit agent config (kind={data.get('kind')!r})")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise CheckpointError(f"{p}: invalid config: {exc}") from None

@@ -1,0 +1,135 @@
+"""``latentrag eval``: EM/F1, retrieval quality and latency of LatentRAG next to baselines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_device_arg, add_model_arg
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="Evaluate LatentRAG (and baselines) on a questions file: EM, F1, retrieval, latency.",
+        description=(
+            "Answer every question with LatentRAG and the chosen baselines over the same index, "
+            "interleaved batch by batch. Reports EM and F1 (SQuAD normalisation, max over gold "
+            "answers), retrieval success (a retrieved document contains a gold answer), retrieval "
+            "overlap with the explicit agent's documents, mean steps, latency mean/p50/p95 with "
+            "the stage breakdown, forward passes and output tokens; per hop count when the "
+            "questions carry `hops`. Questions: JSONL with id, question, golden_answers."
+        ),
+    )
+    add_model_arg(p)
+    p.add_argument("--index", required=True, metavar="DIR", help="FAISS index directory.")
+    p.add_argument("--questions", required=True, metavar="FILE", help="Questions JSONL file.")
+    p.add_argument(
+        "--baselines",
+        default="",
+        metavar="LIST",
+        help="Comma-separated baselines: `naive` (single-step RAG on the same checkpoint) and/or "
+        "`explicit:DIR` (an explicit agent checkpoint, e.g. from `latentrag init --explicit`).",
+    )
+    p.add_argument("--no-latent", action="store_true", help="Evaluate only the baselines.")
+    p.add_argument("--decode", action="store_true", help="Decode LatentRAG's latent steps too.")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="First N questions only.")
+    p.add_argument(
+        "--batch-size", type=int, default=1, metavar="N",
+        help="Questions per batch (default 1; latency is amortised per question above 1).",
+    )  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=None, help="LatentRAG's most retrieval steps.")
+    p.add_argument("--top-k", type=int, default=None, help="Documents per retrieval.")
+    p.add_argument(
+        "--json", metavar="OUT", default=None, help="Write the JSON report (- = stdout)."
+    )
+    p.add_argument("--plot", metavar="OUT.png", default=None, help="Write the stage-latency chart.")
+    p.add_argument(
+        "--predictions", metavar="OUT.jsonl", default=None, help="Write per-question records."
+    )
+    add_device_arg(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_baselines(spec: str) -> list[tuple[str, str | None]]:
+    """``"explicit:DIR,naive"`` -> ``[("explicit", "DIR"), ("naive", None)]``."""
+    out: list[tuple[str, str | None]] = []
+    for part in (s.strip() for s in spec.split(",") if s.strip()):
+        kind, _, arg = part.partition(":")
+        kind = kind.strip().lower()
+        if kind == "naive" and not arg:
+            out.append(("naive", None))
+        elif kind == "explicit" and arg:
+            out.append(("explicit", arg))
+        else:
+            raise ValueError(f"bad baseline {part!r}: use `naive` or `explicit:DIR`")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.runner import machine_info
+    from ..evaluation import evaluate, read_questions, report
+    from ..evaluation.table import latency_table, quality_table, ratios_line
+    from ..io_utils import write_json_atomic, write_jsonl_atomic
+    from .common import load_index, load_model
+
+    baselines = parse_baselines(args.baselines)
+    if args.no_latent and not baselines:
+        raise ValueError("--no-latent needs at least one --baselines entry")
+    questions = read_questions(args.questions, limit=args.limit)
+    model = load_model(args.model, args.device)
+    store = load_index(args.index, model)
+    runners = {}
+    if not args.no_latent:
+        runners["latent"] = lambda qs: model.run_batch(
+            qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k
+        )
+    for kind, arg in baselines:
+        if kind == "naive":
+            from ..baselines.naive import NaiveRAG
+
+            naive = NaiveRAG(model, top_k=args.top_k)
+            runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
+        else:
+            from ..baselines.explicit import ExplicitAgent
+
+            agent = ExplicitAgent.from_pretrained(arg, device=args.device)
+            name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"
+            runners[name] = lambda qs, a=agent: a.run_batch(qs, store, top_k=args.top_k)
+    records = evaluate(runners, questions, batch_size=args.batch_size)
+    rep = report(
+        records,
+        model=args.model,
+        index=args.index,
+        questions_file=args.questions,
+        batch_size=args.batch_size,
+        decode=args.decode,
+        machine=machine_info(model.device),
+    )
+    to_stdout = args.json == "-"
+    text = "\n\n".join(
+        [quality_table(rep["methods"]), latency_table(rep["methods"]), ratios_line(rep["ratios"])]
+    )
+    if "by_hops" in rep:
+        for h, block in rep["by_hops"].items():
+            text += f"\n\n{h}-hop questions (n={block['n']}):\n\n" + quality_table(block["methods"])
+    print(text, file=sys.stderr if to_stdout else sys.stdout)
+    if args.json:
+        if to_stdout:
+            from .common import print_json
+
+            print_json(rep)
+        else:
+            write_json_atomic(args.json, rep)
+    if args.predictions:
+        write_jsonl_atomic(
+            args.predictions, [r.to_json() for recs in records.values() for r in recs]
+        )
+    if args.plot:
+        from ..evaluation.plot import plot_stages
+
+        plot_stages(
+            rep["methods"], args.plot, title="latentrag eval: latency by stage", score_key="em"
+        )
+    return 0

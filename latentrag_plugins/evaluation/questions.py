@@ -1,0 +1,62 @@
+"""Reading evaluation questions: JSONL with ``{"id", "question", "golden_answers": [...]}``.
+
+``answers`` (list) or ``answer`` (string) are accepted for the gold answers too; an optional
+integer ``hops`` field groups the metrics by hop count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import LatentRAGError
+from ..io_utils import read_jsonl
+
+
+@dataclass(frozen=True)
+class Question:
+    """One evaluation question.
+
+    Attributes:
+        id: Question id (the line number when the file has none).
+        question: The question text.
+        golds: Gold answers (EM/F1 take the max over them).
+        hops: Hop count, when the file gives one.
+    """
+
+    id: str
+    question: str
+    golds: tuple[str, ...]
+    hops: int | None = None
+
+
+def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> list[Question]:
+    """Read up to ``limit`` questions from a JSONL file.
+
+    Raises:
+        LatentRAGError: On a missing file, a bad line, an empty question or no gold answers; the
+            message names the file and line.
+    """
+    out: list[Question] = []
+    for lineno, obj in read_jsonl(path):
+        if limit is not None and len(out) >= limit:
+            break
+        where = f"{path}:{lineno}"
+        q = obj.get("question")
+        if not isinstance(q, str) or not q.strip():
+            raise LatentRAGError(f"{where}: missing or empty 'question'")
+        golds = obj.get("golden_answers", obj.get("answers", obj.get("answer")))
+        if isinstance(golds, str):
+            golds = [golds]
+        if not isinstance(golds, list) or not golds or not all(isinstance(g, str) for g in golds):
+            raise LatentRAGError(f"{where}: 'golden_answers' must be a non-empty list of strings")
+        hops = obj.get("hops")
+        if hops is not None:
+            try:
+                hops = int(hops)
+            except (TypeError, ValueError):
+                raise LatentRAGError(f"{where}: 'hops' must be an integer") from None
+        out.append(Question(str(obj.get("id", lineno)), q.strip(), tuple(golds), hops))
+    if not out:
+        raise LatentRAGError(f"{path}: no questions")
+    return out

@@ -1,0 +1,151 @@
+"""Smoke runs of ``latentrag bench`` and ``latentrag eval`` (no timing assertions)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from latentrag_plugins.bench.forcing import LatentForcer, spread
+from latentrag_plugins.bench.runner import BenchConfig, run_bench
+from latentrag_plugins.cli.main import main
+from latentrag_plugins.evaluation.stats import percentile
+
+STAGES = {"prefill", "reasoning", "retrieval", "answer", "decode"}
+
+
+def _check_methods(methods: dict, batches: list[int]) -> None:
+    assert set(methods) >= {"latent", "explicit", "naive"}
+    for m in methods.values():
+        for key in ("p50_ms", "p95_ms", "forward_passes", "output_tokens"):
+            assert isinstance(m[key], float)
+        assert set(m["stages_ms"]) == STAGES
+        assert set(m["throughput_qps"]) == {str(b) for b in batches}
+
+
+def test_bench_tiny_json_contract(capsys):
+    code = main(
+        [
+            "bench",
+            "--shape",
+            "tiny",
+            "--questions",
+            "2",
+            "--corpus-size",
+            "500",
+            "--batch",
+            "1,2",
+            "--json",
+        ]
+    )
+    assert code == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["shape"] == "tiny" and isinstance(rep["machine"], dict)
+    _check_methods(rep["methods"], [1, 2])
+    assert set(rep["ratios"]) >= {"latent_vs_explicit", "latent_vs_naive"}
+    m = rep["methods"]
+    # Forced to the paper's Table 8 shape: 2 steps; explicit writes ~169 tokens, latent ~6.
+    assert m["latent"]["mean_steps"] == m["explicit"]["mean_steps"] == 2
+    assert m["naive"]["mean_steps"] == 1
+    assert m["explicit"]["output_tokens"] > 100 > m["latent"]["output_tokens"] > 0
+    assert m["explicit"]["forward_passes"] == m["explicit"]["output_tokens"]
+    assert m["latent"]["forward_passes"] == 3 + m["latent"]["output_tokens"]
+
+
+def test_bench_decode_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    rep = run_bench(
+        BenchConfig(
+            shape="tiny", corpus_size=300, questions=2, batches=(1,), decode=True,
+            show_progress=False,
+        )
+    )  # fmt: skip
+    assert rep["decode"] is True
+    assert rep["methods"]["latent"]["stages_ms"]["decode"] > 0
+    from latentrag_plugins.evaluation.plot import plot_stages
+
+    plot_stages(rep["methods"], tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latent_forcer_sets_lengths(model, store):
+    forcer = LatentForcer(model)
+    with forcer.plan(answer=[3, 7]):
+        res = model.run_batch(["Who?", "Where is Warsaw?"], store, max_steps=1)
+    assert [r.output_tokens for r in res] == [4, 8]  # + </answer>
+    assert all([s.action for s in r.steps] == ["retrieve", "answer"] for r in res)
+    # Hooks are gone afterwards.
+    assert not model.llm.get_output_embeddings()._forward_hooks
+
+
+def test_spread_and_percentile():
+    assert sum(spread(5.8, i) for i in range(10)) == 58
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5 and percentile([], 50) == 0
+
+
+def test_eval_smoke(model, store, tmp_path, capsys):
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+
+    model.save_pretrained(tmp_path / "latent")
+    store.save(tmp_path / "index")
+    ExplicitAgent.init(
+        copy.deepcopy(model.llm), model.doc_tower, tokenizer=copy.deepcopy(model.tokenizer),
+        device="cpu", max_turn_tokens=16, max_answer_tokens=4,
+    ).save_pretrained(tmp_path / "explicit")  # fmt: skip
+    qs = tmp_path / "q.jsonl"
+    rows = [
+        {
+            "id": "a",
+            "question": "In which country was Marie Curie born?",
+            "golden_answers": ["Poland"],
+            "hops": 1,
+        },
+        {
+            "id": "b",
+            "question": "Which river flows through Vienna?",
+            "golden_answers": ["Danube"],
+            "hops": 2,
+        },
+        {
+            "id": "c",
+            "question": "Who founded the Nobel Prize?",
+            "golden_answers": ["Alfred Nobel"],
+            "hops": 2,
+        },
+    ]
+    qs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [
+        "eval", "--model", str(tmp_path / "latent"), "--index", str(tmp_path / "index"),
+        "--questions", str(qs), "--baselines", f"explicit:{tmp_path / 'explicit'},naive",
+        "--json", str(tmp_path / "eval.json"), "--predictions", str(tmp_path / "pred.jsonl"),
+        "--batch-size", "2", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| latent |" in out and "| explicit |" in out and "| naive |" in out
+    rep = json.loads((tmp_path / "eval.json").read_text())
+    assert rep["n"] == 3
+    for name in ("latent", "explicit", "naive"):
+        m = rep["methods"][name]
+        for key in ("em", "f1", "retrieval_success", "mean_steps", "p50_ms", "p95_ms"):
+            assert isinstance(m[key], float), (name, key)
+        assert set(m["stages_ms"]) == STAGES
+    assert set(rep["by_hops"]) == {"1", "2"}
+    assert rep["by_hops"]["2"]["n"] == 2
+    assert set(rep["by_hops"]["2"]["methods"]) == {"latent", "explicit", "naive"}
+    preds = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(preds) == 9
+    # The naive baseline always retrieves once; its docs come from the same store.
+    assert rep["methods"]["naive"]["mean_steps"] == 1.0
+
+
+def test_eval_rejects_bad_baselines():
+    from latentrag_plugins.cli.cmd_eval import parse_baselines
+
+    assert parse_baselines("explicit:/x, naive") == [("explicit", "/x"), ("naive", None)]
+    with pytest.raises(ValueError, match="bad baseline"):
+        parse_baselines("explicit")
+    with pytest.raises(ValueError, match="bad baseline"):
+        parse_baselines("searchr1:/x")

@@ -1,0 +1,76 @@
+"""Answer and retrieval metrics against hand-worked examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentrag_plugins.metrics import (
+    exact_match,
+    f1,
+    has_answer,
+    normalize_answer,
+    overlap,
+    retrieval_success,
+)
+from latentrag_plugins.results import RetrievedDoc
+
+
+@pytest.mark.parametrize(
+    ("text", "norm"),
+    [
+        ("The Eiffel Tower", "eiffel tower"),
+        ("  an   Apple, a day!  ", "apple day"),
+        ("U.S.A.", "usa"),
+        ("Theatre of the Absurd", "theatre of absurd"),  # "the" only as a whole word
+        ("A", ""),
+        ("Rock-'n'-Roll", "rocknroll"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(text, norm):
+    assert normalize_answer(text) == norm
+
+
+def test_exact_match_takes_the_max_over_golds():
+    assert exact_match("the Danube", ["Danube River", "Danube"]) == 1.0
+    assert exact_match("Danube.", "danube") == 1.0
+    assert exact_match("Danube river", ["Danube"]) == 0.0
+    assert exact_match(None, ["x"]) == 0.0
+    assert exact_match("", [""]) == 1.0
+    assert exact_match("x", []) == 0.0
+
+
+def test_f1_hand_worked():
+    # pred {cat, sat} vs gold "cat sat down": common 2, P = 2/2, R = 2/3 -> F1 = 0.8.
+    assert f1("the cat sat", "cat sat down") == pytest.approx(0.8)
+    # Max over golds: "a cat" -> {cat}: P = 1/2, R = 1 -> 2/3; the other gold gives 0.8.
+    assert f1("the cat sat", ["a cat", "cat sat down"]) == pytest.approx(0.8)
+    assert f1("the cat sat", ["a cat"]) == pytest.approx(2 / 3)
+    # Repeated tokens count with multiplicity: pred {new, new, york}, gold {new, york}.
+    assert f1("New New York", "New York") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert f1("Paris", "London") == 0.0
+    assert f1("the", "a") == 1.0  # both normalise to empty
+    assert f1("Paris", "the") == 0.0
+    assert f1(None, "Paris") == 0.0
+
+
+def test_retrieval_success_and_has_answer():
+    docs = [
+        RetrievedDoc(id="1", text="Warsaw\nWarsaw is the capital of Poland.", score=1.0),
+        RetrievedDoc(id="2", text="Vienna\nVienna lies on the Danube.", score=0.5),
+    ]
+    assert retrieval_success(docs, ["Poland"]) == 1.0
+    assert retrieval_success(docs, ["the Danube River", "Danube"]) == 1.0
+    assert retrieval_success(docs, ["Oslo"]) == 0.0
+    assert retrieval_success([], ["Poland"]) == 0.0
+    assert retrieval_success(["plain text about Poland."], "poland") == 1.0
+    # Whole words only: "Pol" is not in "Poland".
+    assert not has_answer("Poland is big", ["Pol"])
+    assert has_answer("It was in the U.S.A. then", ["USA"])
+
+
+def test_overlap_is_the_share_of_reference_docs():
+    assert overlap(["a", "b", "c"], ["b", "c", "d", "e"]) == pytest.approx(0.5)
+    assert overlap(["a"], ["a", "a"]) == 1.0
+    assert overlap([], ["a"]) == 0.0
+    assert overlap(["a"], []) is None
