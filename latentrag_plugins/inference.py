@@ -61,6 +61,7 @@ class _Row:
     latents: list[dict[str, Any]] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # the LLM context, as the model saw it
     answering: bool = False
+    answer_fed: bool = False  # <answer> already fed (merged into the forced last step's pass)
     passes: int = 0
     input_tokens: int = 0
 
@@ -149,19 +150,25 @@ def latent_loop(
     ctx = BatchedContext(model.llm, batch, ids.pad)
     was_training = model.training
     model.eval()
+    merged_logits: torch.Tensor | None = None  # (B, V) first-answer-token logits, forced step
 
     for step in range(max_steps + 1):
         live = [i for i, r in enumerate(rows) if not r.answering]
         if not live:
             break
         speculative = step < max_steps  # feed query slots only if a retrieval is allowed
-        slots = model.prompts.think_slots() + (model.prompts.query_slots() if speculative else [])
+        # At the forced last step the action is known: <answer> joins the same pass.
+        merge = not speculative and generate_answer
+        tail = model.prompts.query_slots() if speculative else [ids.answer] if merge else []
+        slots = model.prompts.think_slots() + tail
         chunks = [rows[i].pending + slots if i in live else [] for i in range(batch)]
         with clock.stage("prefill" if step == 0 else "reasoning"), torch.inference_mode():
             hidden = ctx.feed(chunks)  # (B, Lc, d)
             h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
             h_query = hidden[:, -n:] if speculative else None  # (B, n, d)
             act = ctx.logits(h_think[:, -1])  # (B, V)
+            if merge:
+                merged_logits = ctx.logits(hidden[:, -1])  # (B, V)
             wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
             if step < min_steps:
                 wants = [True] * batch
@@ -171,6 +178,7 @@ def latent_loop(
             r.input_tokens += len(chunks[i])
             r.token_ids += chunks[i]
             r.pending = []
+            r.answer_fed = merge
             lat = {"think": h_think[i]}
             if (
                 speculative
@@ -214,8 +222,16 @@ def latent_loop(
     gens = [Generated([], False, 0, fed=False) for _ in rows]
     if generate_answer:
         with clock.stage("answer"), torch.inference_mode():
-            # Feed <answer> (the chosen action), then decode greedily up to </answer> or EOS.
-            first = ctx.logits(ctx.feed([[ids.answer]] * batch)[:, -1])  # (B, V)
+            # Feed <answer> (the chosen action) where it is not fed yet, then decode greedily
+            # up to </answer> or EOS.
+            need = [[] if r.answer_fed else [ids.answer] for r in rows]
+            first = merged_logits
+            if any(need):
+                fed = ctx.logits(ctx.feed(need)[:, -1])  # (B, V)
+                if first is None:
+                    first = fed
+                else:
+                    first = torch.where(torch.tensor([bool(c) for c in need])[:, None], fed, first)
             stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
             stream = None
             if on_token is not None:
@@ -228,13 +244,14 @@ def latent_loop(
 
     results = []
     for r, g in zip(rows, gens):
+        extra_pass = int(g.fed and not r.answer_fed)  # the pass that fed <answer> alone
         if g.fed:
-            r.token_ids += [ids.answer, *g.tokens]
+            r.token_ids += [ids.answer] * extra_pass + g.tokens
         res = LatentRAGResult(
             answer=model.tokenizer.decode(g.tokens, skip_special_tokens=True).strip(),
             steps=r.steps,
-            forward_passes=r.passes + int(g.fed) + g.feeds,
-            input_tokens=r.input_tokens + int(g.fed),
+            forward_passes=r.passes + extra_pass + g.feeds,
+            input_tokens=r.input_tokens + extra_pass,
             output_tokens=len(g.tokens) + int(g.stopped),
         )
         res._latents = r.latents

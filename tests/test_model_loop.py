@@ -42,7 +42,8 @@ def test_one_forward_pass_per_latent_step(any_model, store, force, max_steps):
     step_passes = [n for n in counter.lengths if n > 1]  # answer passes feed one token each
     assert len(step_passes) == len(res.steps)
     assert res.forward_passes == len(counter.lengths)
-    assert res.forward_passes == len(res.steps) + 1 + (res.output_tokens - 1)
+    # The forced answer's <answer> rides in the last step's pass: no extra pass for it.
+    assert res.forward_passes == len(res.steps) + (res.output_tokens - 1)
 
 
 def test_answer_action_uses_one_pass_and_crops_query_slots(any_model, store, force):
@@ -55,6 +56,8 @@ def test_answer_action_uses_one_pass_and_crops_query_slots(any_model, store, for
     assert [s.action for s in res.steps] == ["answer"]
     assert not res.steps[0].forced
     assert len([n for n in counter.lengths if n > 1]) == 1
+    # One step pass, one pass feeding <answer> after cropping, then one per answer token.
+    assert res.forward_passes == 1 + 1 + (res.output_tokens - 1)
     # The cropped query slots are gone from the context the answer saw.
     assert not set(any_model.ids.query) & set(res._token_ids)
 

@@ -86,8 +86,11 @@ class LatentForcer:
             self.phase, self.t = "decode", 0
             return
         last = ids[:, -1].tolist()
-        if all(i == self.ids.answer for i in last):  # <answer> fed: answer generation starts
-            self.phase, self.t = "answer", 0
+        if any(i == self.ids.answer for i in last):  # <answer> fed: answer generation starts
+            # At a step forced by max_steps, <answer> follows the thought slots in the same pass:
+            # the action read comes first, then the first answer token.
+            merged = ids.shape[1] > 1 and self.ids.think[-1] in ids[:, -2].tolist()
+            self.phase, self.t = ("reason_then_answer" if merged else "answer"), 0
         elif any(i in self._step_ends for i in last):  # a step's slots: the action read follows
             self.phase = "reason"
 
@@ -95,8 +98,10 @@ class LatentForcer:
         if out.dim() != 2:  # LogitLens etc.: leave alone
             return out
         ids = self.ids
-        if self.phase == "reason":  # the action read at <think_m>: always retrieve
+        if self.phase in ("reason", "reason_then_answer"):  # the action read: always retrieve
             out[:, ids.query[0]] = out.max(-1).values + 1e3
+            if self.phase == "reason_then_answer":
+                self.phase = "answer"
             return out
         targets = self.answer if self.phase == "answer" else self.decode
         stops = [ids.answer_end, ids.eos] if self.phase == "answer" else [ids.eos]
