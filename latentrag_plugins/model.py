@@ -371,7 +371,7 @@ class LatentRAG(nn.Module):
         """Load a model saved by :meth:`save_pretrained`.
 
         Args:
-            path: Checkpoint directory.
+            path: Checkpoint directory, or ``"demo"`` for the shipped demo model.
             device: Target device (default: CUDA if available).
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
             trust_remote_code: Override the checkpoint's setting (off unless asked for).
@@ -379,7 +379,9 @@ class LatentRAG(nn.Module):
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
         """
-        root = Path(path)
+        from .demo.assets import resolve_checkpoint
+
+        root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
         cfg = LatentRAGConfig.load(root / "config.json")
@@ -470,7 +472,9 @@ def load_document_tower(
     path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> EncoderTower:
     """Load only the frozen document tower of a checkpoint (for indexing, without the LLM)."""
-    root = Path(path)
+    from .demo.assets import resolve_checkpoint
+
+    root = resolve_checkpoint(path)
     cfg = LatentRAGConfig.load(root / "config.json")
     ret_dir = root / _RETRIEVER_DIR
     source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever

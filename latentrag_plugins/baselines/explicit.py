@@ -355,9 +355,10 @@ class ExplicitAgent:
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
         """
+        from ..demo.assets import resolve_checkpoint
         from ..model import _load, default_device, default_dtype
 
-        root = Path(path)
+        root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
         cfg = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
