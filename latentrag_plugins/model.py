@@ -344,7 +344,9 @@ class LatentRAG(nn.Module):
         return out
 
     def _save_adapter(self, tmp: Path, cfg: LatentRAGConfig) -> None:
-        self.llm.save_pretrained(tmp / _ADAPTER_DIR, safe_serialization=True)
+        self.llm.save_pretrained(
+            tmp / _ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False
+        )
         base = self.llm.get_base_model()
         rows = sorted(self.ids.all | {i for i in (self.ids.eos, self.ids.pad) if i is not None})
         idx = torch.tensor(rows)

@@ -1,0 +1,159 @@
+"""``TrainConfig``: every training setting, validated, saved as sorted JSON next to the run.
+
+Defaults are the paper's (Appendix B, "Hyperparameters"). Unknown keys in a loaded config warn
+and are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .._version import __version__
+from ..errors import LatentRAGError
+from ..io_utils import write_json_atomic
+
+
+class TrainConfig(BaseModel):
+    """Settings of a training run (latent LatentRAG training, or explicit SFT)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    # --- what to train -----------------------------------------------------------------------
+    mode: Literal["latent", "explicit"] = Field(
+        default="latent",
+        description="'latent': LatentRAG (L_gen + λ·L_ret + L_dec); 'explicit': plain causal-LM "
+        "SFT of an explicit agent on Search-R1 transcripts rendered from the trajectories.",
+    )
+    full_finetune: bool = Field(
+        default=False, description="Train every LLM weight instead of LoRA (small models)."
+    )
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank (paper: 16).")
+    lora_alpha: float = Field(default=64.0, gt=0, description="LoRA scaling α (paper: 64).")
+    lora_target_modules: str | list[str] = Field(
+        default="all-linear",
+        description="Modules LoRA adapts; 'all-linear' = every projection of the LLM (paper).",
+    )
+    llm_dropout: float = Field(
+        default=0.1, ge=0, lt=1, description="LLM attention dropout and LoRA dropout (paper: 0.1)."
+    )
+
+    # --- losses ------------------------------------------------------------------------------
+    ret_loss: Literal["kl", "cosine", "infonce"] = Field(
+        default="kl",
+        description="Retrieval loss: 'kl' (paper) or the 'cosine'/'infonce' ablations.",
+    )
+    lambda_ret: float = Field(default=1.0, ge=0, description="Weight λ_ret of L_ret (paper: 1).")
+    decoding_loss: bool = Field(
+        default=True, description="Add L_dec (False: the 'no L_dec' ablation)."
+    )
+    pretrained_retriever: bool = Field(
+        default=True,
+        description="Keep the pretrained query tower. False: drop it and pool Proj_ret's output "
+        "(the 'no pretrained retriever' ablation); a model without a query tower trains as is.",
+    )
+    beta: float | None = Field(
+        default=None, gt=0, description="L_ret temperature (None: the prepared data's β)."
+    )
+    action_loss: Literal["full", "restricted"] = Field(
+        default="full",
+        description="Action CE over the full vocabulary or only {<query_1>, <answer>}.",
+    )
+    infonce_positives: int = Field(
+        default=1, ge=1, description="Own top documents that count as positives for InfoNCE."
+    )
+
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: int = Field(default=5, ge=1, description="Passes over the data (paper: 5).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(
+        default=16, ge=1, description="Trajectories per batch on each process (paper: 16)."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, description="Batches per optimizer step (not with DeepSpeed)."
+    )
+    lr: float = Field(default=1e-4, gt=0, description="Peak learning rate (paper: 1e-4).")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="AdamW weight decay on matrices (paper: 0.01)."
+    )
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW β1 (paper: 0.9).")
+    adam_beta2: float = Field(default=0.999, gt=0, lt=1, description="AdamW β2 (paper: 0.999).")
+    adam_eps: float = Field(default=1e-8, gt=0, description="AdamW ε.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="linear", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of steps with linear warm-up."
+    )
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="Clip gradients to this norm (None: no clipping)."
+    )
+    max_length: int = Field(
+        default=3000, ge=16, description="Longest trajectory in tokens; longer ones are skipped."
+    )
+    n_bins: int = Field(default=200, ge=1, description="Length bins; a batch comes from one bin.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute LLM activations in backward to save memory."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        default="auto", description="'auto': bf16 on GPUs that support it, else float32."
+    )
+    deepspeed: str | None = Field(
+        default=None,
+        description="DeepSpeed config file, or 'zero1' for the shipped ZeRO-1 config.",
+    )
+    seed: int = Field(default=0, description="Seed of initialisation, shuffles and dropout.")
+
+    # --- output ------------------------------------------------------------------------------
+    save_every: int = Field(
+        default=500, ge=0, description="Checkpoint every N steps (0: only the final model)."
+    )
+    save_total_limit: int | None = Field(
+        default=2, ge=1, description="Keep the newest N checkpoints (None: keep all)."
+    )
+    log_every: int = Field(default=10, ge=1, description="Log metrics every N steps.")
+    save_merged: bool = Field(
+        default=False,
+        description="Save a LoRA model with merged full weights instead of an adapter (always "
+        "merged when the base model cannot be reloaded by id or path).",
+    )
+    library_version: str = Field(default=__version__, description="Version that wrote this.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.deepspeed and self.gradient_accumulation_steps > 1:
+            raise ValueError("set gradient accumulation in the DeepSpeed config, not here")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys warn and are dropped."""
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            warnings.warn(f"TrainConfig: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as sorted JSON with the current library version (atomically)."""
+        data = self.model_dump()
+        data["library_version"] = __version__
+        write_json_atomic(path, data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a config written by :meth:`save`; errors name the file."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return cls.from_dict(data)
+        except FileNotFoundError:
+            raise LatentRAGError(f"{p}: missing training config") from None
+        except (ValueError, TypeError) as exc:
+            raise LatentRAGError(f"{p}: invalid training config ({exc})") from None
