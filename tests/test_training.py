@@ -604,3 +604,16 @@ def test_metrics_log_tensorboard_optional(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "train_log.jsonl").read_text())["loss"] == 1.5
     MetricsLog(tmp_path / "quiet", enabled=False).write({"step": 1})  # other processes: no-op
     assert not (tmp_path / "quiet").exists()
+
+
+def test_query_tower_layers_trains_only_the_last_layers(tokenizer):
+    from latentrag_plugins.training.config import TrainConfig
+    from latentrag_plugins.training.trainable import setup_trainable
+    from tests.conftest import make_model
+
+    m = make_model(tokenizer, "tiny")
+    setup_trainable(m, TrainConfig(full_finetune=True, query_tower_layers=1))
+    enc = m.query_tower.encoder
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.5.") for n in trainable)
+    assert not any(p.requires_grad for p in m.doc_tower.parameters())

@@ -16,7 +16,7 @@ _VALUES = (
     "mode", "epochs", "max_steps", "batch_size", "lr", "ret_loss", "lambda_ret", "beta",
     "save_every", "log_every", "seed", "max_length", "lora_r", "lora_alpha", "llm_dropout",
     "warmup_ratio", "lr_scheduler", "mixed_precision", "deepspeed", "action_loss",
-    "gradient_accumulation_steps", "save_total_limit", "n_bins",
+    "gradient_accumulation_steps", "save_total_limit", "n_bins", "query_tower_layers",
 )  # fmt: skip
 
 
@@ -93,6 +93,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--no-pretrained-retriever",
         action="store_true",
         help="Drop the pretrained query tower; latent embeddings are pooled Proj_ret outputs.",
+    )
+    lo.add_argument(
+        "--query-tower-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Train only the query tower's last N layers (default: all).",
     )
     lo.add_argument(
         "--action-loss", choices=["full", "restricted"], default=None, help="Action CE (full)."

@@ -57,6 +57,12 @@ class TrainConfig(BaseModel):
         description="Keep the pretrained query tower. False: drop it and pool Proj_ret's output "
         "(the 'no pretrained retriever' ablation); a model without a query tower trains as is.",
     )
+    query_tower_layers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Train only the query tower's last N encoder layers (None: all; its word "
+        "embeddings never train). Keeps checkpoints small: only changed tensors are saved.",
+    )
     beta: float | None = Field(
         default=None, gt=0, description="L_ret temperature (None: the prepared data's β)."
     )

@@ -92,6 +92,22 @@ def _module_name(root: nn.Module, target: nn.Module) -> str:
     raise ValueError("module not found in the LLM")
 
 
+def _train_last_layers(encoder: nn.Module, n: int) -> None:
+    """Freeze an HF encoder except its last ``n`` transformer layers (and what follows them)."""
+    layers = next(
+        (m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) > 0), None
+    )
+    if layers is None:
+        raise ValueError("query_tower_layers: the retriever has no list of transformer layers")
+    encoder.requires_grad_(False)
+    for layer in list(layers)[len(layers) - n :] if n else []:
+        layer.requires_grad_(True)
+    # Final norms after the layers (decoder-style embedders) follow the last layer.
+    for name, mod in encoder.named_children():
+        if isinstance(mod, nn.LayerNorm) or "norm" in name.lower():
+            mod.requires_grad_(n > 0)
+
+
 def setup_trainable(model: LatentRAG, cfg: TrainConfig) -> dict[str, int]:
     """Freeze and unfreeze the model's parts for ``cfg``; returns trainable parameter counts.
 
@@ -116,6 +132,8 @@ def setup_trainable(model: LatentRAG, cfg: TrainConfig) -> dict[str, int]:
         # The query tower reads Proj_ret's output as inputs_embeds; its word embeddings only
         # frame the latents ([CLS]/[SEP] or EOS), so they stay frozen (saves optimizer memory).
         model.query_tower.encoder.get_input_embeddings().requires_grad_(False)
+        if cfg.query_tower_layers is not None:
+            _train_last_layers(model.query_tower.encoder, cfg.query_tower_layers)
     model.doc_tower.requires_grad_(False)
 
     def count(m: nn.Module | None) -> int:
