@@ -6,9 +6,10 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Self
 
 from ._version import __version__
 from .errors import CheckpointError
@@ -19,13 +20,66 @@ DEFAULT_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
 Pooling = Literal["mean", "cls", "last_token"]
 
 
-class LatentRAGConfig(BaseModel):
+class VersionedConfig(BaseModel):
+    """A validated config saved as sorted JSON with the library version.
+
+    Unknown keys in a loaded file warn and are ignored (so newer files still load); a missing,
+    corrupt or invalid file raises ``load_error`` naming the file.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    load_error: ClassVar[type[Exception]] = CheckpointError  # raised by load()
+    config_name: ClassVar[str] = "config"  # words for error messages
+
+    library_version: str = Field(default=__version__, description="Version that wrote this.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict; unknown keys warn and are dropped."""
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the config as sorted JSON with the current library version (atomically)."""
+        data = self.model_dump()
+        data["library_version"] = __version__
+        write_json_atomic(path, data)
+
+    @classmethod
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        """Hook: reject a raw loaded dict before validation (raise ValueError)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read a config JSON file written by :meth:`save`.
+
+        Raises:
+            ``cls.load_error``: The file is missing, not JSON, or invalid; the message names it.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise cls.load_error(f"{p}: missing {cls.config_name} file")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise cls.load_error(f"{p}: corrupt {cls.config_name} file ({exc})") from None
+        if not isinstance(data, dict):
+            raise cls.load_error(f"{p}: corrupt {cls.config_name} file (not a JSON object)")
+        try:
+            cls.check_raw(data)
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise cls.load_error(f"{p}: invalid {cls.config_name}: {exc}") from None
+
+
+class LatentRAGConfig(VersionedConfig):
     """Configuration of a LatentRAG model (paper defaults, DESIGN §2).
 
     Unknown keys in a loaded config warn and are ignored, so newer checkpoints still load.
     """
-
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     # --- base models -------------------------------------------------------------------------
     base_model: str = Field(description="Hub id or local path of the base causal LM.")
@@ -92,9 +146,6 @@ class LatentRAGConfig(BaseModel):
         default=None, description="LoRA settings when the LLM is saved as an adapter, else None."
     )
 
-    # --- bookkeeping -------------------------------------------------------------------------
-    library_version: str = Field(default=__version__, description="Version that wrote this.")
-
     @field_validator("base_model", "retriever")
     @classmethod
     def _non_empty(cls, v: str) -> str:
@@ -111,39 +162,3 @@ class LatentRAGConfig(BaseModel):
                 f"answer (needs at least {need})"
             )
         return self
-
-    # ------------------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatentRAGConfig:
-        """Build from a dict; unknown keys warn and are dropped."""
-        unknown = sorted(set(data) - set(cls.model_fields))
-        if unknown:
-            warnings.warn(f"LatentRAGConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as sorted JSON with the current library version."""
-        data = self.model_dump()
-        data["library_version"] = __version__
-        write_json_atomic(path, data)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LatentRAGConfig:
-        """Read a config JSON file.
-
-        Raises:
-            CheckpointError: If the file is missing, not JSON, or invalid; the message names it.
-        """
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing config file")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{p}: corrupt config file ({exc})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{p}: corrupt config file (not a JSON object)")
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise CheckpointError(f"{p}: invalid config: {exc}") from None

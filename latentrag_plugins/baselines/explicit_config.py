@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .._version import __version__
-from ..config import DEFAULT_RETRIEVER, Pooling
-from ..errors import CheckpointError
-from ..io_utils import write_json_atomic
+from ..config import DEFAULT_RETRIEVER, Pooling, VersionedConfig
 
 EXPLICIT_CONFIG_FILE = "explicit_config.json"
 
 
-class ExplicitConfig(BaseModel):
+class ExplicitConfig(VersionedConfig):
     """Configuration of an :class:`~latentrag_plugins.baselines.explicit.ExplicitAgent`.
 
     Generation settings mirror :class:`~latentrag_plugins.config.LatentRAGConfig` so that the
@@ -26,7 +19,7 @@ class ExplicitConfig(BaseModel):
     decoding). Unknown keys in a loaded config warn and are ignored.
     """
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    config_name: ClassVar[str] = "explicit agent config"
 
     kind: Literal["explicit"] = Field(default="explicit", description="Checkpoint kind marker.")
 
@@ -71,7 +64,6 @@ class ExplicitConfig(BaseModel):
     )
 
     # --- bookkeeping -------------------------------------------------------------------------
-    library_version: str = Field(default=__version__, description="Version that wrote this.")
 
     @field_validator("base_model", "retriever")
     @classmethod
@@ -91,34 +83,7 @@ class ExplicitConfig(BaseModel):
         return self
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExplicitConfig:
-        """Build from a dict; unknown keys warn and are dropped."""
-        unknown = sorted(set(data) - set(cls.model_fields))
-        if unknown:
-            warnings.warn(f"ExplicitConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as sorted JSON with the current library version."""
-        data = self.model_dump()
-        data["library_version"] = __version__
-        write_json_atomic(path, data)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ExplicitConfig:
-        """Read a config file; raises CheckpointError naming the file when missing or invalid."""
-        p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing explicit agent config file")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{p}: corrupt config file ({exc})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{p}: corrupt config file (not a JSON object)")
+    def check_raw(cls, data: dict[str, Any]) -> None:
+        """Refuse other kinds of config (e.g. a LatentRAG config)."""
         if data.get("kind", "explicit") != "explicit":
-            raise CheckpointError(f"{p}: not an explicit agent config (kind={data.get('kind')!r})")
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise CheckpointError(f"{p}: invalid config: {exc}") from None
+            raise ValueError(f"not an explicit agent config (kind={data.get('kind')!r})")

@@ -6,23 +6,19 @@ and are ignored.
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
-from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from .._version import __version__
+from ..config import VersionedConfig
 from ..errors import LatentRAGError
-from ..io_utils import write_json_atomic
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(VersionedConfig):
     """Settings of a training run (latent LatentRAG training, or explicit SFT)."""
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    load_error: ClassVar[type[Exception]] = LatentRAGError
+    config_name: ClassVar[str] = "training config"
 
     # --- what to train -----------------------------------------------------------------------
     mode: Literal["latent", "explicit"] = Field(
@@ -130,36 +126,9 @@ class TrainConfig(BaseModel):
         description="Save a LoRA model with merged full weights instead of an adapter (always "
         "merged when the base model cannot be reloaded by id or path).",
     )
-    library_version: str = Field(default=__version__, description="Version that wrote this.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.deepspeed and self.gradient_accumulation_steps > 1:
             raise ValueError("set gradient accumulation in the DeepSpeed config, not here")
         return self
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys warn and are dropped."""
-        unknown = sorted(set(data) - set(cls.model_fields))
-        if unknown:
-            warnings.warn(f"TrainConfig: ignoring unknown keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write as sorted JSON with the current library version (atomically)."""
-        data = self.model_dump()
-        data["library_version"] = __version__
-        write_json_atomic(path, data)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
-        """Read a config written by :meth:`save`; errors name the file."""
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return cls.from_dict(data)
-        except FileNotFoundError:
-            raise LatentRAGError(f"{p}: missing training config") from None
-        except (ValueError, TypeError) as exc:
-            raise LatentRAGError(f"{p}: invalid training config ({exc})") from None
