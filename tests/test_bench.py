@@ -150,3 +150,13 @@ def test_eval_rejects_bad_baselines():
         parse_baselines("explicit")
     with pytest.raises(ValueError, match="bad baseline"):
         parse_baselines("searchr1:/x")
+
+
+def test_bench_leaves_grad_mode_alone():
+    import torch
+
+    from latentrag_plugins.bench.runner import BenchConfig, build
+
+    assert torch.is_grad_enabled()
+    build(BenchConfig(shape="tiny", questions=1, corpus_size=50, show_progress=False))
+    assert torch.is_grad_enabled()

@@ -96,7 +96,6 @@ def machine_info(device: Any) -> dict[str, Any]:
 
 def build(cfg: BenchConfig) -> Setup:
     """Build the random-weight models, the synthetic store and the questions."""
-    import torch
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
@@ -136,7 +135,6 @@ def build(cfg: BenchConfig) -> Setup:
         show_progress=cfg.show_progress,
     )  # fmt: skip
     n_q = max(cfg.questions + cfg.warmup, max(cfg.batches, default=1))
-    torch.set_grad_enabled(False)
     return Setup(
         model, explicit, naive, store, F.LatentForcer(model), synthetic.questions(n_q, cfg.seed)
     )
