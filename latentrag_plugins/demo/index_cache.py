@@ -1,0 +1,40 @@
+"""A FAISS index of a corpus, built once with a model's document tower and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+
+
+def cache_dir() -> Path:
+    """``$LATENTRAG_CACHE``, else ``$XDG_CACHE_HOME/latentrag``, else ``~/.cache/latentrag``."""
+    if os.environ.get("LATENTRAG_CACHE"):
+        return Path(os.environ["LATENTRAG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "latentrag"
+
+
+def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
+    """Load the cached index of ``corpus`` for ``model``'s document tower, building it if needed.
+
+    The cache key is the corpus' content hash and the encoder id, so a changed corpus or another
+    retriever gets its own index.
+    """
+    from ..store.corpus import iter_corpus
+    from ..store.faiss_store import FaissStore
+
+    digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
+    enc = hashlib.sha256(model.encoder_id.encode()).hexdigest()[:8]
+    path = cache_dir() / f"index-{digest}-{enc}"
+    if (path / "manifest.json").is_file():
+        try:
+            return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
+        except StoreError:
+            pass  # a corrupt cache: rebuild it
+    store = FaissStore.build(model, iter_corpus(corpus), batch_size=128)
+    store.save(path)
+    return store
