@@ -105,7 +105,8 @@ def _show(question, golds, model, explicit, naive, store) -> None:  # noqa: ANN0
     for name, r in rows:
         print(
             f"  {name:<15} {r.answer!r:<32} {r.timings_ms.total:8.0f} ms  "
-            f"{r.forward_passes:4d} passes  {len(r.steps)} steps"
+            f"{r.forward_passes:4d} passes  "
+            f"{sum(s.action == 'retrieve' for s in r.steps)} retrievals"
         )
 
 
