@@ -11,9 +11,7 @@ sync stores, async stores (LangChain, LlamaIndex) and batched stores all drive t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +20,8 @@ import torch
 
 from .context import BatchedContext, Generated, greedy_generate
 from .errors import StoreError
-from .results import LatentRAGResult, RetrievedDoc, Step, Timings
-from .store.base import check_compatible
+from .results import LatentRAGResult, RetrievedDoc, Step
+from .runtime import StageClock, check_questions, check_store
 
 if TYPE_CHECKING:
     from .model import LatentRAG
@@ -66,30 +64,6 @@ class _Row:
     input_tokens: int = 0
 
 
-class _Clock:
-    """Accumulates wall time per stage, synchronising CUDA so GPU work is counted."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.ms: dict[str, float] = dict.fromkeys(
-            ("prefill", "reasoning", "retrieval", "answer", "decode"), 0.0
-        )
-        self.start = time.perf_counter()
-
-    @contextmanager
-    def stage(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.ms[name] += (time.perf_counter() - t0) * 1e3
-
-    def timings(self) -> Timings:
-        return Timings(**self.ms, total=(time.perf_counter() - self.start) * 1e3)
-
-
 def latent_loop(
     model: LatentRAG,
     questions: list[str],
@@ -126,17 +100,13 @@ def latent_loop(
         raise ValueError("max_steps must be >= 0 and top_k >= 1")
     if not questions:
         return []
-    for q in questions:
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError("question is empty: ask a non-empty question")
+    check_questions(questions)
     if store is not None:
-        check_compatible(store, model.encoder_id, model.dim)
-        if hasattr(store, "__len__") and len(store) == 0:
-            raise StoreError(f"{type(store).__name__} is empty: index some documents first")
+        check_store(store, model.encoder_id, model.dim)
 
     m, n = cfg.n_think, cfg.n_query
     answer_reserve = cfg.max_answer_tokens + 2
-    clock = _Clock(model.device)
+    clock = StageClock(model.device)
     rows = [_Row(pending=model.prompts.question(q)) for q in questions]
     for q, r in zip(questions, rows):
         need = len(r.pending) + m + n + answer_reserve

@@ -16,9 +16,7 @@ fixes the number of searches and every generation length; see that module.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +25,8 @@ import torch
 from ..context import BatchedContext
 from ..errors import StoreError
 from ..inference import SearchRequest, search_store
-from ..results import LatentRAGResult, RetrievedDoc, Step, Timings
-from ..store.base import check_compatible
+from ..results import LatentRAGResult, RetrievedDoc, Step
+from ..runtime import StageClock, check_questions, check_store
 from . import search_r1 as sr1
 from .explicit_force import ExplicitForce, ForceTemplate
 
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
     from .explicit import ExplicitAgent
 
 _TAIL = 16  # tokens decoded to look for a stop string
-_STAGES = ("prefill", "reasoning", "retrieval", "answer", "decode")
 
 
 @dataclass
@@ -62,26 +59,6 @@ class _Turn:
     kind: str = "length"  # "search" | "answer" | "eos" | "length"
     fed: int = 0  # forward passes in which the row fed a generated token
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # forced mode: text spans
-
-
-class _Clock:
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.ms = dict.fromkeys(_STAGES, 0.0)
-        self.start = time.perf_counter()
-
-    @contextmanager
-    def stage(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.ms[name] += (time.perf_counter() - t0) * 1e3
-
-    def timings(self) -> Timings:
-        return Timings(**self.ms, total=(time.perf_counter() - self.start) * 1e3)
 
 
 def explicit_loop(
@@ -114,17 +91,13 @@ def explicit_loop(
     questions = list(questions)
     if not questions:
         return []
-    for q in questions:
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError("question is empty: ask a non-empty question")
+    check_questions(questions)
     if force is not None:
         force = list(force)
         if len(force) != len(questions):
             raise ValueError("force needs one ExplicitForce per question")
         max_turns = max(max_turns, max(f.searches for f in force))
-    check_compatible(store, agent.encoder_id, agent.dim)
-    if hasattr(store, "__len__") and len(store) == 0:
-        raise StoreError(f"{type(store).__name__} is empty: index some documents first")
+    check_store(store, agent.encoder_id, agent.dim)
 
     reserve = cfg.max_answer_tokens + 8
     rows = [_Row(pending=agent.prompt_ids(q)) for q in questions]
@@ -136,7 +109,7 @@ def explicit_loop(
                 f"max_context_tokens budget of {cfg.max_context_tokens}: {q[:60]!r}..."
             )
     templates = {m: ForceTemplate(agent, m) for m in (False, True)} if force is not None else {}
-    clock = _Clock(agent.device)
+    clock = StageClock(agent.device)
     ctx = BatchedContext(agent.llm, len(rows), agent.pad_id)
     was_training = agent.llm.training
     agent.llm.eval()
@@ -288,7 +261,7 @@ def _generate_round(
     rows: list[_Row],
     live: list[int],
     room: dict[int, int],
-    clock: _Clock,
+    clock: StageClock,
     *,
     first_stage: str,
     plans: dict[int, tuple[list[int | None], dict]],
@@ -371,7 +344,7 @@ def _stop_kind(tail: str, answer_mode: bool) -> str | None:
 
 
 def _forced_answer(
-    agent: ExplicitAgent, ctx: BatchedContext, rows: list[_Row], idx: list[int], clock: _Clock
+    agent: ExplicitAgent, ctx: BatchedContext, rows: list[_Row], idx: list[int], clock: StageClock
 ) -> None:
     """Feed ``<answer>`` after the rows' last turn and generate the answer (max_answer_tokens)."""
     for i in idx:

@@ -10,7 +10,6 @@ format without the latent steps::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +18,8 @@ import torch
 from ..context import BatchedContext, greedy_generate
 from ..errors import StoreError
 from ..inference import SearchRequest, search_store
-from ..results import LatentRAGResult, Step, Timings
-from ..store.base import check_compatible
+from ..results import LatentRAGResult, Step
+from ..runtime import StageClock, check_questions, check_store
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -70,29 +69,14 @@ class NaiveRAG:
         questions = list(questions)
         if not questions:
             return []
-        for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError("question is empty: ask a non-empty question")
-        check_compatible(store, m.encoder_id, m.dim)
-        if hasattr(store, "__len__") and len(store) == 0:
-            raise StoreError(f"{type(store).__name__} is empty: index some documents first")
-        cuda = m.device.type == "cuda"
-        ms = dict.fromkeys(("prefill", "reasoning", "retrieval", "answer", "decode"), 0.0)
-        start = time.perf_counter()
-
-        def lap(name: str, t0: float) -> float:
-            if cuda:
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            ms[name] += (now - t0) * 1e3
-            return now
-
-        t0 = time.perf_counter()
-        emb = m.doc_tower.embed_texts([q.strip() for q in questions], is_query=True)  # (B, dim)
-        found = search_store(store, SearchRequest(0, list(range(len(questions))), emb, k))
+        check_questions(questions)
+        check_store(store, m.encoder_id, m.dim)
+        clock = StageClock(m.device)
+        with clock.stage("retrieval"):
+            emb = m.doc_tower.embed_texts([q.strip() for q in questions], is_query=True)  # (B, dim)
+            found = search_store(store, SearchRequest(0, list(range(len(questions))), emb, k))
         if found is None or len(found) != len(questions):
             raise StoreError("the store returned no documents for some questions")
-        t0 = lap("retrieval", t0)
 
         reserve = cfg.max_answer_tokens + 2
         chunks = []
@@ -111,18 +95,18 @@ class NaiveRAG:
         was_training = m.training
         m.eval()
         with torch.inference_mode():
-            ctx = BatchedContext(m.llm, len(chunks), ids.pad)
-            first = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
-            t0 = lap("prefill", t0)
-            stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
-            gens = greedy_generate(
-                ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
-                banned=sorted(ids.all - {ids.answer_end}),
-            )  # fmt: skip
-            lap("answer", t0)
+            with clock.stage("prefill"):
+                ctx = BatchedContext(m.llm, len(chunks), ids.pad)
+                first = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
+            with clock.stage("answer"):
+                stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
+                gens = greedy_generate(
+                    ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
+                    banned=sorted(ids.all - {ids.answer_end}),
+                )  # fmt: skip
         if was_training:
             m.train()
-        timings = Timings(**ms, total=(time.perf_counter() - start) * 1e3)
+        timings = clock.timings()
         results = []
         for q, docs, chunk, g in zip(questions, found, chunks, gens):
             res = LatentRAGResult(

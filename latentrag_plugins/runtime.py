@@ -1,0 +1,54 @@
+"""Checks and stage timing shared by every agent loop (LatentRAG, explicit, naive)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .errors import StoreError
+from .results import Timings
+from .store.base import check_compatible
+
+STAGES = ("prefill", "reasoning", "retrieval", "answer", "decode")
+
+
+def check_questions(questions: Sequence[Any]) -> None:
+    """Raise ValueError unless every question is a non-empty, non-blank string."""
+    for q in questions:
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError("question is empty: ask a non-empty question")
+
+
+def check_store(store: Any, encoder_id: str, dim: int) -> None:
+    """Raise if ``store`` was built with another encoder/dim, or holds no documents."""
+    check_compatible(store, encoder_id, dim)
+    if hasattr(store, "__len__") and len(store) == 0:
+        raise StoreError(f"{type(store).__name__} is empty: index some documents first")
+
+
+class StageClock:
+    """Accumulates wall time per stage, synchronising CUDA so GPU work is counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block under stage ``name``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.ms[name] += (time.perf_counter() - t0) * 1e3
+
+    def timings(self) -> Timings:
+        """Stage times so far, and the total since the clock started."""
+        return Timings(**self.ms, total=(time.perf_counter() - self.start) * 1e3)
