@@ -235,6 +235,33 @@ class EncoderTower(nn.Module):
         return self.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
 
 
+class DocumentTowerAPI:
+    """The store-building ``Encoder`` API of anything holding a frozen ``doc_tower``
+    (LatentRAG, the explicit agent): its encoder id, dimension and embeddings."""
+
+    doc_tower: EncoderTower
+
+    @property
+    def encoder_id(self) -> str:
+        """Id of the document tower's encoder (what stores record)."""
+        return self.doc_tower.encoder_id
+
+    @property
+    def dim(self) -> int:
+        """Dimension of retrieval embeddings."""
+        return self.doc_tower.dim
+
+    def embed_documents(
+        self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed documents with the frozen document tower -> ``(len(texts), dim)`` float32."""
+        return self.doc_tower.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one natural-language query with the document tower -> ``(dim,)`` float32."""
+        return self.doc_tower.embed_texts([text], is_query=True)[0]
+
+
 def _find_sub(seq: list[int], sub: list[int]) -> int:
     for i in range(len(seq) - len(sub) + 1):
         if seq[i : i + len(sub)] == sub:

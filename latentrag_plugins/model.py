@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -26,7 +25,13 @@ from transformers import (
 )
 
 from .config import DEFAULT_RETRIEVER, LatentRAGConfig
-from .encoder import EncoderTower, canonical_retriever_id, detect_pooling, load_encoder
+from .encoder import (
+    DocumentTowerAPI,
+    EncoderTower,
+    canonical_retriever_id,
+    detect_pooling,
+    load_encoder,
+)
 from .errors import CheckpointError
 from .io_utils import atomic_path
 from .projector import Projector
@@ -57,7 +62,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class LatentRAG(nn.Module):
+class LatentRAG(DocumentTowerAPI, nn.Module):
     """A LatentRAG model: reasons and retrieves with one LLM forward pass per step.
 
     Build an untrained model with :meth:`init`, load one with :meth:`from_pretrained`, answer with
@@ -211,27 +216,7 @@ class LatentRAG(nn.Module):
         """Device of the LLM."""
         return next(self.llm.parameters()).device
 
-    # ------------------------------------------------------------------------------ encoder API
-    @property
-    def encoder_id(self) -> str:
-        """Id of the document tower's encoder (what stores record)."""
-        return self.doc_tower.encoder_id
-
-    @property
-    def dim(self) -> int:
-        """Dimension of retrieval embeddings."""
-        return self.doc_tower.dim
-
-    def embed_documents(
-        self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False
-    ) -> np.ndarray:
-        """Embed documents with the frozen document tower -> ``(len(texts), dim)`` float32."""
-        return self.doc_tower.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """Embed one natural-language query with the document tower -> ``(dim,)`` float32."""
-        return self.doc_tower.embed_texts([text], is_query=True)[0]
-
+    # ------------------------------------------------------------------------------ latent query
     def latent_query_embedding(self, h_query: torch.Tensor) -> torch.Tensor:
         """Latent subquery tokens ``(B, n, d_llm)`` -> query embeddings ``(B, dim)`` (paper Eq. 5)."""
         x = self.proj_ret(h_query)  # (B, n, d_in_ret)

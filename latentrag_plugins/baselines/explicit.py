@@ -22,7 +22,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -32,7 +31,13 @@ from transformers import (
 )
 
 from ..config import DEFAULT_RETRIEVER
-from ..encoder import EncoderTower, canonical_retriever_id, detect_pooling, load_encoder
+from ..encoder import (
+    DocumentTowerAPI,
+    EncoderTower,
+    canonical_retriever_id,
+    detect_pooling,
+    load_encoder,
+)
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 from ..results import LatentRAGResult, RetrievedDoc
@@ -45,7 +50,7 @@ from .explicit_loop import explicit_loop
 _LLM_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = "llm", "tokenizer", "retriever"
 
 
-class ExplicitAgent:
+class ExplicitAgent(DocumentTowerAPI):
     """A Search-R1-style explicit agentic RAG model.
 
     Build one with :meth:`init` (any causal LM), load one with :meth:`from_pretrained`, answer with
@@ -191,26 +196,6 @@ class ExplicitAgent:
     def device(self) -> torch.device:
         """Device of the LLM."""
         return next(self.llm.parameters()).device
-
-    @property
-    def encoder_id(self) -> str:
-        """Id of the document tower's encoder (what stores record)."""
-        return self.doc_tower.encoder_id
-
-    @property
-    def dim(self) -> int:
-        """Dimension of retrieval embeddings."""
-        return self.doc_tower.dim
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """Embed one text query with the document tower -> ``(dim,)`` float32."""
-        return self.doc_tower.embed_texts([text], is_query=True)[0]
-
-    def embed_documents(
-        self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False
-    ) -> np.ndarray:
-        """Embed documents with the document tower -> ``(len(texts), dim)`` float32."""
-        return self.doc_tower.embed_texts(texts, batch_size=batch_size, show_progress=show_progress)
 
     # ------------------------------------------------------------------------------ tokens
     @lru_cache(maxsize=64)  # noqa: B019 - an agent lives as long as its tokenizer
