@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +142,22 @@ class EncoderTower(nn.Module):
         self._suffix_ids = framed[cut + len(bare) :] if cut >= 0 else []
         if pooling == "last_token" and not self._suffix_ids and tokenizer.eos_token_id is not None:
             self._suffix_ids = [tokenizer.eos_token_id]
+
+    @classmethod
+    def from_config(
+        cls, encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: Any
+    ) -> EncoderTower:
+        """A tower set up by a config's ``retriever*`` and ``query_instruction`` fields
+        (``LatentRAGConfig`` or ``ExplicitConfig``)."""
+        return cls(
+            encoder,
+            tokenizer,
+            pooling=cfg.retriever_pooling,
+            normalize=cfg.retriever_normalize,
+            max_length=cfg.retriever_max_length,
+            query_instruction=cfg.query_instruction,
+            encoder_id=cfg.retriever,
+        )
 
     @property
     def dim(self) -> int:

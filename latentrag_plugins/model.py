@@ -158,27 +158,13 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
             base_model=base_id, retriever=enc_id, retriever_dim=enc.config.hidden_size, **config
         )
         add_control_tokens(tok, llm, cfg.n_think, cfg.n_query)
-        doc_tower = cls._make_tower(enc, enc_tok, cfg)
+        doc_tower = EncoderTower.from_config(enc, enc_tok, cfg)
         query_tower = copy.deepcopy(doc_tower) if cfg.pretrained_query_tower else None
         torch.manual_seed(seed)
         projs = cls._make_projectors(cfg, llm.config.hidden_size, doc_tower)
         model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
         dev = torch.device(device) if device else default_device()
         return model.to_device(dev, dtype or default_dtype(dev))
-
-    @staticmethod
-    def _make_tower(
-        enc: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: LatentRAGConfig
-    ) -> EncoderTower:
-        return EncoderTower(
-            enc,
-            tok,
-            pooling=cfg.retriever_pooling,
-            normalize=cfg.retriever_normalize,
-            max_length=cfg.retriever_max_length,
-            query_instruction=cfg.query_instruction,
-            encoder_id=cfg.retriever,
-        )
 
     @staticmethod
     def _make_projectors(
@@ -384,7 +370,7 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
             enc, enc_tok, _ = load_encoder(str(ret_dir), trust_remote_code=trust)
         else:
             enc, enc_tok, _ = load_encoder(cfg.retriever, trust_remote_code=trust)
-        doc_tower = cls._make_tower(enc, enc_tok, cfg)
+        doc_tower = EncoderTower.from_config(enc, enc_tok, cfg)
         query_tower = None
         if cfg.pretrained_query_tower:
             query_tower = copy.deepcopy(doc_tower)
@@ -466,7 +452,7 @@ def load_document_tower(
     ret_dir = root / _RETRIEVER_DIR
     source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
     enc, tok, _ = load_encoder(source, trust_remote_code=cfg.trust_remote_code)
-    tower = LatentRAG._make_tower(enc, tok, cfg)
+    tower = EncoderTower.from_config(enc, tok, cfg)
     return tower.to(torch.device(device) if device else default_device()).eval()
 
 

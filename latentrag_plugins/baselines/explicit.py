@@ -160,24 +160,10 @@ class ExplicitAgent(DocumentTowerAPI):
             tower = None
         cfg = ExplicitConfig(base_model=base_id, retriever=enc_id, **config)
         if tower is None:
-            tower = cls._make_tower(enc, enc_tok, cfg)
+            tower = EncoderTower.from_config(enc, enc_tok, cfg)
         agent = cls(cfg, llm, tok, tower)
         dev = torch.device(device) if device else default_device()
         return agent.to_device(dev, dtype or default_dtype(dev))
-
-    @staticmethod
-    def _make_tower(
-        enc: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: ExplicitConfig
-    ) -> EncoderTower:
-        return EncoderTower(
-            enc,
-            tok,
-            pooling=cfg.retriever_pooling,
-            normalize=cfg.retriever_normalize,
-            max_length=cfg.retriever_max_length,
-            query_instruction=cfg.query_instruction,
-            encoder_id=cfg.retriever,
-        )
 
     def to_device(
         self, device: torch.device | str, dtype: torch.dtype | None = None
@@ -363,7 +349,7 @@ class ExplicitAgent(DocumentTowerAPI):
         ret_dir = root / _RETRIEVER_DIR
         source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
         enc, enc_tok, _ = load_encoder(source, trust_remote_code=trust)
-        agent = cls(cfg, llm, tok, cls._make_tower(enc, enc_tok, cfg))
+        agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
         dev = torch.device(device) if device else default_device()
         return agent.to_device(dev, dtype or default_dtype(dev))
 
