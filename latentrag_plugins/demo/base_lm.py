@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,21 +23,43 @@ from ..io_utils import atomic_path
 from ..model_zoo import build_llm, build_tokenizer
 
 
-def pack(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], seq_len: int) -> torch.Tensor:
-    """Tokenize texts, join them with EOS and cut into rows -> ``(N, seq_len)`` long."""
-    ids: list[int] = []
+def pack(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack whole texts (each + EOS) greedily into rows of at most ``seq_len`` tokens.
+
+    A text never straddles two rows, so a question and its passages stay together; longer texts
+    are cut to ``seq_len``.
+
+    Returns:
+        ``input_ids (N, seq_len)`` padded with the pad token, and ``labels (N, seq_len)`` with
+        -100 on padding.
+    """
     eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows: list[list[int]] = []
+    cur: list[int] = []
     for t in texts:
-        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
-    n = len(ids) // seq_len
-    if n == 0:
-        raise ValueError(f"corpus too small: {len(ids)} tokens for seq_len={seq_len}")
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+        ids = (tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])[:seq_len]
+        if len(cur) + len(ids) > seq_len:
+            rows.append(cur)
+            cur = []
+        cur += ids
+    if cur:
+        rows.append(cur)
+    if not rows or not rows[0]:
+        raise ValueError("no text to pretrain on")
+    inputs = torch.full((len(rows), seq_len), pad, dtype=torch.long)
+    labels = torch.full((len(rows), seq_len), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        inputs[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(r)] = torch.tensor(r)
+    return inputs, labels
 
 
 def pretrain(
     model: PreTrainedModel,
-    data: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
     *,
     steps: int,
     batch_size: int = 16,
@@ -45,11 +68,12 @@ def pretrain(
     seed: int = 0,
     log_path: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, float]]:
-    """Next-token pretraining on packed rows ``data (N, L)`` with AdamW and a cosine schedule.
+    """Next-token pretraining on packed rows (:func:`pack`) with AdamW and a cosine schedule.
 
     Returns:
         The logged losses (every 10 steps), also appended to ``log_path`` as JSONL if given.
     """
+    inputs, labels = data
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -61,9 +85,9 @@ def pretrain(
     bar = tqdm(range(steps), desc="pretraining", unit="step")
     t0 = time.perf_counter()
     for step in bar:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
-        batch = data[idx].to(model.device)  # (B, L)
-        loss = model(input_ids=batch, labels=batch).loss
+        idx = torch.randint(0, inputs.shape[0], (batch_size,), generator=gen)
+        batch, target = inputs[idx].to(model.device), labels[idx].to(model.device)  # (B, L)
+        loss = model(input_ids=batch, labels=target).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -72,12 +96,12 @@ def pretrain(
         if step % 10 == 0 or step == steps - 1:
             rec = {
                 "step": step,
-                "loss": float(loss),
+                "loss": loss.item(),
                 "lr": sched.get_last_lr()[0],
                 "time_s": time.perf_counter() - t0,
             }
             logs.append(rec)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{rec['loss']:.3f}")
             if log_path:
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
@@ -96,14 +120,26 @@ def build_base_lm(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    special_tokens: Sequence[str] = (),
+    tokenizer_texts: Sequence[str] | None = None,
 ) -> Path:
     """Train a tokenizer on ``texts``, pretrain a ``shape`` LLM on them, save an HF model dir.
 
     The directory loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and so works as
     ``latentrag init --base-model DIR``.
+
+    Args:
+        special_tokens: Tokens that ``texts`` use as single special tokens (e.g. ``<answer>``).
+        tokenizer_texts: Texts the tokenizer is trained on (default ``texts``). Texts of another
+            world keep its names out of the vocabulary, so names split into pieces in training
+            as they do in unseen worlds.
     """
-    tok = build_tokenizer(texts, vocab_size=vocab_size)
+    tok = build_tokenizer(tokenizer_texts or texts, vocab_size=vocab_size)
+    if special_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     model = build_llm(shape, vocab_size=len(tok), seed=seed)
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -120,7 +156,7 @@ def build_base_lm(
         tok.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(
             json.dumps({"shape": shape, "vocab_size": len(tok), "seq_len": seq_len, "steps": steps,
-                        "batch_size": batch_size, "lr": lr, "seed": seed, "rows": int(data.shape[0]),
+                        "batch_size": batch_size, "lr": lr, "seed": seed, "rows": int(data[0].shape[0]),
                         "final_loss": logs[-1]["loss"]}, indent=2, sort_keys=True)
         )  # fmt: skip
     return Path(out)

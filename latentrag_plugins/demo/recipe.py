@@ -2,8 +2,9 @@
 trajectories -> evaluation. ``latentrag demo --build DIR`` runs it; a test runs a toy preset.
 
 Every step is a ``latentrag`` command (run in-process), so the recipe exercises exactly what users
-run. The base LM is pretrained on worlds of *other* seeds (same language, none of the seed-0
-facts), so it cannot answer test questions from memory.
+run. The base LM is pretrained on worlds of *other* seeds (their passages, and reading texts built
+from their trajectories: see :mod:`.reading`), so it learns the language and how to read retrieved
+passages but none of the seed-0 facts, and cannot answer test questions from memory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ class Preset:
     base_shape: str  # model_zoo LLM shape of the base LM
     base_vocab: int  # tokenizer vocabulary size
     base_steps: int  # pretraining steps
-    base_seeds: tuple[int, ...]  # worlds the base LM is pretrained on
+    base_batch: int  # pretraining rows per step
+    base_seq_len: int  # tokens per pretraining row
+    base_lr: float  # pretraining peak learning rate
+    base_seeds: tuple[int, ...]  # worlds the base LM is pretrained on (passages + reading)
+    tokenizer_seed: int  # world the tokenizer is trained on (none of the others)
     trajectories: int  # training trajectories used (a seeded sample)
     epochs: int
     batch_size: int
@@ -34,17 +39,19 @@ class Preset:
 
 PRESETS = {
     # What the shipped demo checkpoints were built with (docs/demo-model.md).
-    "demo": Preset("default", "minilm", "demo", 4096, 800, (1, 2, 3), 2400, 1, 16, 5e-4, None, 200),
+    "demo": Preset("default", "minilm", "demo", 4096, 2500, 8, 512, 8e-4, (1, 2, 3), 4,
+                   4000, 1, 8, 5e-4, 450, 200),
     # A few minutes on a CPU: keeps the recipe working in the tests.
-    "test": Preset("small", "lexical", "tiny", 600, 20, (1,), 24, 1, 8, 5e-4, 3, 4),
+    "test": Preset("small", "lexical", "tiny", 600, 20, 8, 256, 1e-3, (1,), 2,
+                   24, 1, 8, 5e-4, 3, 4),
 }  # fmt: skip
 
 
 def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     """Build the demo models under ``out`` and evaluate them; returns the eval report."""
     from ..cli.main import main
-    from ..world import build_dataset
     from .base_lm import build_base_lm
+    from .reading import READING_TOKENS, world_texts
 
     p = PRESETS[preset]
     out = Path(out)
@@ -57,12 +64,12 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
             raise RuntimeError(f"recipe step failed ({code}): latentrag {' '.join(map(str, args))}")
 
     cli("world", "--seed", seed, "--out", world, "--size", p.world_size, "--search", p.search)
-    texts = [
-        d["contents"]
-        for s in p.base_seeds
-        for d in build_dataset(seed=s, size=p.world_size).corpus.docs
-    ]
-    build_base_lm(texts, base, shape=p.base_shape, vocab_size=p.base_vocab, steps=p.base_steps)
+    texts = [t for s in p.base_seeds for part in world_texts(s, p.world_size) for t in part]
+    build_base_lm(
+        texts, base, shape=p.base_shape, vocab_size=p.base_vocab, seq_len=p.base_seq_len,
+        steps=p.base_steps, batch_size=p.base_batch, lr=p.base_lr, special_tokens=READING_TOKENS,
+        tokenizer_texts=[t for part in world_texts(p.tokenizer_seed, p.world_size) for t in part],
+    )  # fmt: skip
     lines = (world / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
     random.Random(seed).shuffle(lines)
     traj = out / "trajectories.jsonl"

@@ -6,17 +6,16 @@ step, as soon as its documents are found, preceded with ``decode`` by a :data:`T
 decoded live; then the answer steps) and a :class:`LoopOutcome` last. Callers dispatch the
 events to the row's callbacks.
 
-Model forward passes hold a per-model lock; in :func:`adrive` they run in a worker thread so the
-event loop stays free, while the store is searched with its native async API on the loop.
+Model forward passes hold the model's lock (:func:`~latentrag_plugins.live.model_lock`); in
+:func:`adrive` they run in a worker thread so the event loop stays free, while the store is
+searched with its native async API on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 import threading
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.documents import Document
 
 from ..inference import SearchRequest, latent_loop
+from ..live import LiveDecoder, model_lock
 from ..results import LatentRAGResult, RetrievedDoc
-from ._decoder import LiveDecoder
 from ._store_adapter import StoreSearcher
 from .events import STEP_EVENT, THOUGHT_EVENT, Hit, document_id, step_data, thought_data
 
@@ -35,33 +34,6 @@ if TYPE_CHECKING:
 
 Event = tuple[int, str, dict[str, Any]]
 """``(row, event name, event data)``: an event for question ``row`` of the batch."""
-
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def resolve_model(value: Any) -> LatentRAG:
-    """A ``LatentRAG`` as is, or a checkpoint path loaded with ``LatentRAG.from_pretrained``."""
-    from ..model import LatentRAG
-
-    if isinstance(value, LatentRAG):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return LatentRAG.from_pretrained(value)
-    raise TypeError(f"model must be a LatentRAG or a checkpoint path, not {type(value).__name__}")
-
-
-def model_lock(model: LatentRAG) -> threading.RLock:
-    """The lock that serialises this model's forward passes across threads and tasks."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(model, threading.RLock())
-
-
-def check_question(question: Any, owner: str) -> str:
-    """Return ``question`` if it is a non-empty string, else raise a clear ValueError."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"{owner} got an empty question ({question!r}): ask a non-empty question")
-    return question
 
 
 @dataclass
@@ -135,6 +107,10 @@ def _record(
     return events, [_as_retrieved(h) for h in found]
 
 
+def _thought_events(decoder: LiveDecoder, req: SearchRequest) -> list[Event]:
+    return [(row, THOUGHT_EVENT, data) for row, data in decoder.step(req)]
+
+
 def _final_events(results: list[LatentRAGResult], decode: bool) -> Iterator[Event]:
     """The answer step of each question: its thought (with ``decode``), then the step."""
     for row, res in enumerate(results):
@@ -160,7 +136,7 @@ def drive(
         req = _advance(gen, None, lock)
         while isinstance(req, SearchRequest):
             if decoder is not None:
-                yield from decoder.step(req)
+                yield from _thought_events(decoder, req)
             found = [searcher.search(e.tolist(), req.k, req.step) for e in req.embeddings]
             events, docs = _record(req, found, hits)
             yield from events
@@ -189,7 +165,7 @@ async def adrive(
         req = await asyncio.to_thread(_advance, gen, None, lock)
         while isinstance(req, SearchRequest):
             if decoder is not None:
-                for event in await asyncio.to_thread(decoder.step, req):
+                for event in await asyncio.to_thread(_thought_events, decoder, req):
                     yield event
             searches = [searcher.asearch(e.tolist(), req.k, req.step) for e in req.embeddings]
             found = list(await asyncio.gather(*searches))

@@ -21,6 +21,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..live import check_question, resolve_model
 from ..model import LatentRAG
 from ..results import LatentRAGResult
 from ._loop import (
@@ -28,11 +29,9 @@ from ._loop import (
     LoopOutcome,
     aconsume,
     adrive,
-    check_question,
     collect_documents,
     consume,
     drive,
-    resolve_model,
     step_records,
 )
 from ._store_adapter import StoreSearcher, check_store

@@ -15,8 +15,8 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..live import resolve_model
 from ..model import LatentRAG
-from ._loop import resolve_model
 
 
 class LatentRAGEmbeddings(BaseModel, Embeddings):

@@ -18,16 +18,15 @@ from langchain_core.retrievers import BaseRetriever, LangSmithRetrieverParams
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..live import check_question, resolve_model
 from ..model import LatentRAG
 from ._loop import (
     LoopOptions,
     aconsume,
     adrive,
-    check_question,
     collect_documents,
     consume,
     drive,
-    resolve_model,
 )
 from ._store_adapter import StoreSearcher, check_store, store_embeddings
 from .events import adispatch, dispatch

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,36 +23,15 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from ..errors import StoreError
 from ..inference import latent_loop
+from ..live import LiveDecoder, check_question, model_lock, resolve_model
 from ..results import LatentRAGResult, RetrievedDoc, Step, Timings
 from .events import LatentStepEvent, LatentThoughtEvent, emit
 from .manifest import check_index
 
 if TYPE_CHECKING:
-    from ..model import LatentRAG
+    pass
 
 STEP_KEY, RANK_KEY, SUBQUERY_KEY = "latentrag_step", "latentrag_rank", "latentrag_subquery"
-
-# One lock per model: forward passes and tokenizers are not shared across threads.
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def resolve_model(model: LatentRAG | str | os.PathLike[str]) -> LatentRAG:
-    """A LatentRAG instance, or one loaded from a checkpoint directory."""
-    if isinstance(model, (str, os.PathLike)):
-        from ..model import LatentRAG
-
-        return LatentRAG.from_pretrained(model)
-    if not hasattr(model, "config") or not hasattr(model, "doc_tower"):
-        raise TypeError(f"model must be a LatentRAG or a checkpoint path, got {type(model)}")
-    return model
-
-
-def check_question(question: Any) -> str:
-    """Return ``question`` if it is a non-empty string, else raise ValueError."""
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"LatentRAG needs a non-empty question, got {question!r}")
-    return question
 
 
 @dataclass
@@ -156,8 +132,7 @@ class LatentDriver:
         self.vector_retriever = index.as_retriever(
             similarity_top_k=self.top_k, **(retriever_kwargs or {})
         )
-        with _LOCKS_GUARD:
-            self._lock = _LOCKS.setdefault(self.model, threading.Lock())
+        self._lock = model_lock(self.model)
 
     # ------------------------------------------------------------------------------ the plan
     def plan(
@@ -192,23 +167,15 @@ class LatentDriver:
             on_token=on_token,
         )
         seen: set[str] = set()
-        decoded: dict[int, tuple[str | None, str | None]] = {}
-        passes, live_ms = 0, 0.0  # on-the-fly decoding: forward passes, ms inside the loop
+        decoder = LiveDecoder(model, self._lock, 1) if self.decode else None
         try:
             kind, value = yield Compute(partial(_advance, gen, None))
             while kind == "search":
                 req = value
                 thought = subquery = None
-                if self.decode:
-                    items = [("subquery", req.latents[0])]
-                    if getattr(req, "thoughts", None) is not None:
-                        items.insert(0, ("thought", req.thoughts[0]))
-                    t0 = time.perf_counter()
-                    texts, n = yield Compute(partial(_decode_items, model, items))
-                    live_ms += (time.perf_counter() - t0) * 1e3
-                    passes += n
-                    thought, subquery = (texts[0] if len(texts) == 2 else None), texts[-1]
-                    decoded[req.step] = (thought, subquery)
+                if decoder is not None:
+                    ((_, data),) = yield Compute(partial(decoder.step, req))
+                    thought, subquery = data["thought"], data["subquery"]
                     emit(
                         dispatcher,
                         LatentThoughtEvent(
@@ -233,9 +200,12 @@ class LatentDriver:
                     state.empty = True
                     step = Step(index=0, action="retrieve", thought=thought, subquery=subquery)
                     total = (time.perf_counter() - t_start) * 1e3
-                    timings = Timings(decode=live_ms, total=total)
+                    live_ms, passes = (decoder.live_ms, decoder.passes) if decoder else (0.0, 0)
                     return LatentRAGResult(
-                        answer="", steps=[step], timings_ms=timings, forward_passes=1 + passes
+                        answer="",
+                        steps=[step],
+                        timings_ms=Timings(decode=live_ms, total=total),
+                        forward_passes=1 + passes,
                     ), state
                 for rank, nws in enumerate(found):
                     if nws.node.node_id not in seen:
@@ -246,20 +216,10 @@ class LatentDriver:
             with contextlib.suppress(ValueError):  # still running in a cancelled worker thread
                 gen.close()
         result: LatentRAGResult = value[0]
-        for step in result.steps:
-            step.thought, step.subquery = decoded.get(step.index, (step.thought, step.subquery))
-        final_ms = 0.0
-        if self.decode:
-            missing = [s for s in result.steps if s.thought is None]
-            lats = [result._latents[s.index]["think"] for s in missing]
-            t0 = time.perf_counter()
-            texts, n = yield Compute(partial(_decode_items, model, [("thought", x) for x in lats]))
-            final_ms = (time.perf_counter() - t0) * 1e3
-            passes += n
-            for s, text in zip(missing, texts):
-                s.thought = text
+        if decoder is not None:
+            yield Compute(partial(decoder.finish, [result]))
         last = result.steps[-1]
-        if self.decode:
+        if decoder is not None:
             emit(
                 dispatcher,
                 LatentThoughtEvent(
@@ -272,11 +232,6 @@ class LatentDriver:
                 question=question, step=last.index, action=last.action, forced=last.forced
             ),
         )
-        t = result.timings_ms  # the loop counted on-the-fly decoding as retrieval time
-        t.retrieval = max(0.0, t.retrieval - live_ms)
-        t.decode += live_ms + final_ms
-        t.total += final_ms
-        result.forward_passes += passes
         return result, state
 
     # ------------------------------------------------------------------------------ runners
@@ -327,9 +282,3 @@ class LatentDriver:
             return stop.value
         finally:
             plan.close()
-
-
-def _decode_items(model: Any, items: list[tuple[str, Any]]) -> tuple[list[str], int]:
-    from ..decoding import decode_items
-
-    return decode_items(model, items)

@@ -1,29 +1,58 @@
-"""Decoding thoughts and subqueries as the loop goes (``decode=True``), so they stream live.
+"""What the LangChain and LlamaIndex adapters share around :func:`~.inference.latent_loop`.
 
-At each search request, the thought and subquery latents of every searching question are
-decoded in one batched generation (:func:`~latentrag_plugins.decoding.decode_items`), before the
-store is searched. The thought of each question's final (answer) step is only known when the loop
-ends; :meth:`LiveDecoder.finish` decodes those in one batch and writes every text into the
-results' steps, as ``LatentRAG.run(decode=True)`` does.
-
-Timings stay honest: the loop's clock counts time spent outside it as ``retrieval``, so live
-decoding time is moved from ``retrieval`` to ``decode``; decoding passes are added to
-``forward_passes`` (batch-wide, like the core's batched decode).
+- :func:`resolve_model`, :func:`check_question`: argument checks with clear errors.
+- :func:`model_lock`: one re-entrant lock per model, serialising its forward passes across
+  threads and tasks (the async adapters run model work in worker threads).
+- :class:`LiveDecoder`: decodes thoughts and subqueries as the loop goes (``decode=True``), so
+  they stream live. At each search request, the thought and subquery latents of every searching
+  question are decoded in one batched generation (:func:`~.decoding.decode_items`) before the
+  store is searched; the answer steps' thoughts are decoded when the loop ends.
+  Timings stay honest: the loop's clock counts time spent outside it as ``retrieval``, so live
+  decoding time is moved from ``retrieval`` to ``decode``, and decoding passes are added to
+  ``forward_passes`` (batch-wide, like the core's batched decode).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from ..decoding import decode_items
-from ..inference import SearchRequest
-from ..results import LatentRAGResult
-from .events import THOUGHT_EVENT
+from .decoding import decode_items
+from .inference import SearchRequest
+from .results import LatentRAGResult
 
 if TYPE_CHECKING:
-    from ..model import LatentRAG
+    from .model import LatentRAG
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def resolve_model(value: Any) -> LatentRAG:
+    """A ``LatentRAG`` as is, or a checkpoint path loaded with ``LatentRAG.from_pretrained``."""
+    from .model import LatentRAG
+
+    if isinstance(value, LatentRAG):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return LatentRAG.from_pretrained(value)
+    raise TypeError(f"model must be a LatentRAG or a checkpoint path, not {type(value).__name__}")
+
+
+def model_lock(model: LatentRAG) -> threading.RLock:
+    """The lock that serialises this model's forward passes across threads and tasks."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.RLock())
+
+
+def check_question(question: Any, owner: str = "LatentRAG") -> str:
+    """Return ``question`` if it is a non-empty string, else raise a clear ValueError."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{owner} got an empty question ({question!r}): ask a non-empty question")
+    return question
 
 
 class LiveDecoder:
@@ -47,11 +76,11 @@ class LiveDecoder:
         self.passes += passes
         return texts
 
-    def step(self, req: SearchRequest) -> list[tuple[int, str, dict[str, Any]]]:
+    def step(self, req: SearchRequest) -> list[tuple[int, dict[str, Any]]]:
         """Decode the thought and subquery of every question of a search request.
 
         Returns:
-            One :data:`THOUGHT_EVENT` per question, as ``(row, name, data)``.
+            Per question, ``(row, {"step", "action", "thought", "subquery"})``.
         """
         t0 = time.perf_counter()
         thoughts = req.thoughts  # (b, m, d), or None
@@ -72,7 +101,7 @@ class LiveDecoder:
                 "thought": thought,
                 "subquery": subquery,
             }
-            events.append((row, THOUGHT_EVENT, data))
+            events.append((row, data))
         self.live_ms += (time.perf_counter() - t0) * 1e3
         return events
 
@@ -100,3 +129,6 @@ class LiveDecoder:
                 }
             )
             res.forward_passes += self.passes
+
+
+__all__ = ["LiveDecoder", "check_question", "model_lock", "resolve_model"]
