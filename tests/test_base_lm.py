@@ -90,3 +90,21 @@ def test_reading_tokens_keep_their_pretrained_rows(tmp_path):
     for t in READING_TOKENS:
         i = model.tokenizer.convert_tokens_to_ids(t)
         assert i < len(tok) and torch.equal(rows[i], base_rows[i])
+
+
+def test_continue_pretraining_replaces_weights_and_keeps_history(tmp_path):
+    import torch
+
+    from latentrag_plugins.demo.base_lm import continue_pretraining
+
+    texts = ["Ann was born in Oslo. Bo was born in Rome."] * 16
+    out = build_base_lm(texts, tmp_path / "b", shape="tiny", vocab_size=300, seq_len=32, steps=2)
+    before = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.clone()
+    n_logs = len((out / "pretrain_log.jsonl").read_text().splitlines())
+    continue_pretraining(out, texts, seq_len=32, steps=3, batch_size=2)
+    after = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
+    assert not torch.equal(before, after)
+    info = json.loads((out / "pretrain.json").read_text())
+    assert info["steps"] == 2 and info["continued"][0]["steps"] == 3
+    assert len((out / "pretrain_log.jsonl").read_text().splitlines()) > n_logs
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left

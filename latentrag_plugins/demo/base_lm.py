@@ -160,3 +160,47 @@ def build_base_lm(
                         "final_loss": logs[-1]["loss"]}, indent=2, sort_keys=True)
         )  # fmt: skip
     return Path(out)
+
+
+def continue_pretraining(
+    base: str | os.PathLike[str],
+    texts: Sequence[str],
+    *,
+    seq_len: int = 512,
+    steps: int = 1000,
+    batch_size: int = 16,
+    lr: float = 5e-4,
+    seed: int = 1,
+) -> Path:
+    """Pretrain the base LM in ``base`` further on ``texts`` (a new warm-up and cosine
+    schedule), replacing its weights atomically; the tokenizer stays as it is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = Path(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
+    data = pack(tok, texts, seq_len)
+    info = json.loads((base / "pretrain.json").read_text())
+    with atomic_path(base) as tmp:
+        tmp.mkdir()
+        log = tmp / "pretrain_log.jsonl"
+        log.write_text((base / "pretrain_log.jsonl").read_text())
+        logs = pretrain(
+            model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_path=log
+        )
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        phase = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "lr": lr,
+            "seed": seed,
+            "rows": int(data[0].shape[0]),
+            "final_loss": logs[-1]["loss"],
+        }
+        info.setdefault("continued", []).append(phase)
+        (tmp / "pretrain.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    return base

@@ -29,28 +29,44 @@ class Preset:
     base_lr: float  # pretraining peak learning rate
     base_seeds: tuple[int, ...]  # worlds the base LM is pretrained on (passages + reading)
     tokenizer_seed: int  # world the tokenizer is trained on (none of the others)
+    reading_steps: int  # further pretraining steps on reading texts alone
+    reading_seeds: tuple[int, ...]  # worlds whose reading texts those steps use
+    reading_lr: float  # their peak learning rate (a new warm-up and cosine schedule)
     trajectories: int  # training trajectories used (a seeded sample)
     epochs: int
     batch_size: int
     lr: float
+    lambda_ret: float  # weight of L_ret (see docs/demo-model.md for why not the paper's 1)
     max_steps: int | None  # cap on training steps per model (None: epochs decide)
     eval_questions: int  # test questions evaluated
 
 
 PRESETS = {
     # What the shipped demo checkpoints were built with (docs/demo-model.md).
-    "demo": Preset("default", "minilm", "demo", 4096, 2500, 8, 512, 8e-4, (1, 2, 3), 4,
-                   4000, 1, 8, 5e-4, 450, 200),
+    "demo": Preset(
+        world_size="default", search="minilm",
+        base_shape="demo", base_vocab=4096, base_steps=2500, base_batch=8, base_seq_len=512,
+        base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seed=4,
+        reading_steps=2000, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
+        trajectories=4000, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=450,
+        eval_questions=600,
+    ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
-    "test": Preset("small", "lexical", "tiny", 600, 20, 8, 256, 1e-3, (1,), 2,
-                   24, 1, 8, 5e-4, 3, 4),
+    "test": Preset(
+        world_size="small", search="lexical",
+        base_shape="tiny", base_vocab=600, base_steps=20, base_batch=8, base_seq_len=256,
+        base_lr=1e-3, base_seeds=(1,), tokenizer_seed=2,
+        reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
+        trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
+        eval_questions=4,
+    ),
 }  # fmt: skip
 
 
 def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     """Build the demo models under ``out`` and evaluate them; returns the eval report."""
     from ..cli.main import main
-    from .base_lm import build_base_lm
+    from .base_lm import build_base_lm, continue_pretraining
     from .reading import READING_TOKENS, world_texts
 
     p = PRESETS[preset]
@@ -69,6 +85,11 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         texts, base, shape=p.base_shape, vocab_size=p.base_vocab, seq_len=p.base_seq_len,
         steps=p.base_steps, batch_size=p.base_batch, lr=p.base_lr, special_tokens=READING_TOKENS,
         tokenizer_texts=[t for part in world_texts(p.tokenizer_seed, p.world_size) for t in part],
+    )  # fmt: skip
+    reading = [t for s in p.reading_seeds for t in world_texts(s, p.world_size)[1]]
+    continue_pretraining(
+        base, reading, seq_len=p.base_seq_len, steps=p.reading_steps, batch_size=p.base_batch,
+        lr=p.reading_lr,
     )  # fmt: skip
     lines = (world / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
     random.Random(seed).shuffle(lines)
@@ -90,7 +111,7 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         "--calibrate-beta",
     )
     cli("train", "--model", out / "init", "--data", out / "prep", "--out", out / "latent",
-        "--query-tower-layers", 1, "--no-progress", *train)  # fmt: skip
+        "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--no-progress", *train)  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
         "--out", out / "explicit", "--no-progress", *train)  # fmt: skip
