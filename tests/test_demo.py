@@ -20,6 +20,7 @@ def test_recipe_runs_end_to_end(tmp_path):
         assert 0 <= m["em"] <= 1 and m["p50_ms"] > 0
     recipe = json.loads((tmp_path / "demo" / "recipe.json").read_text())
     assert recipe["preset"] == "test"
+    assert 0 <= recipe["base_reading_em"]["all"] <= 100 and recipe["base_reading_em"]["n"] == 4
     log = (tmp_path / "demo" / "latent" / "train_log.jsonl").read_text().splitlines()
     assert log and all("loss_ret" in json.loads(x) for x in log)
 

@@ -14,6 +14,7 @@ The entities of those worlds never occur in the seed-0 test set, so this teaches
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -83,6 +84,53 @@ def reading_texts(
     return out
 
 
+def reading_accuracy(
+    base: str | os.PathLike[str],
+    corpus: str | os.PathLike[str],
+    questions: str | os.PathLike[str],
+    limit: int = 200,
+) -> dict[str, float]:
+    """How well a base LM reads: EM (%) by hops when the *gold* passages are in the prompt.
+
+    An upper bound for any RAG method built on the LM; the demo reports it per model.
+
+    Args:
+        base: The base LM directory (with the reading tokens).
+        corpus: The world's ``corpus.jsonl``.
+        questions: A questions file (``supporting_ids`` are the gold passages).
+        limit: Questions read (the first ``limit``).
+
+    Returns:
+        ``{"all": em, "1": em, "2": em, ...}`` in percent, plus ``"n"``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..io_utils import read_jsonl
+    from ..metrics import exact_match
+
+    tok = AutoTokenizer.from_pretrained(base)
+    llm = AutoModelForCausalLM.from_pretrained(base).eval()
+    docs = {d["id"]: d["contents"] for _, d in read_jsonl(corpus)}
+    end = tok.convert_tokens_to_ids(ANSWER_END)
+    scores: dict[str, list[float]] = {"all": []}
+    for _, q in list(read_jsonl(questions))[:limit]:
+        text = render_reading(q["question"], [[docs[i] for i in q["supporting_ids"]]], "")
+        prompt = text[: text.rindex(ANSWER) + len(ANSWER)]
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])  # (1, L)
+        with torch.inference_mode():
+            out = llm.generate(
+                ids, max_new_tokens=24, do_sample=False, eos_token_id=end,
+                pad_token_id=tok.pad_token_id,
+            )  # fmt: skip
+        answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        em = exact_match(answer, q["golden_answers"])
+        scores["all"].append(em)
+        scores.setdefault(str(q["hops"]), []).append(em)
+    res = {k: 100 * sum(v) / len(v) for k, v in scores.items() if v}
+    return {**res, "n": float(len(scores["all"]))}
+
+
 def world_texts(seed: int, size: str = "default") -> tuple[list[str], list[str]]:
     """The passages and the reading texts of the world with ``seed`` (lexical-search oracle)."""
     from ..world import build_dataset
@@ -93,4 +141,10 @@ def world_texts(seed: int, size: str = "default") -> tuple[list[str], list[str]]
     return passages, reading_texts(ds.trajectories, supporting, seed=seed)
 
 
-__all__ = ["READING_TOKENS", "reading_texts", "render_reading", "world_texts"]
+__all__ = [
+    "READING_TOKENS",
+    "reading_accuracy",
+    "reading_texts",
+    "render_reading",
+    "world_texts",
+]

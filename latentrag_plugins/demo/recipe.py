@@ -67,7 +67,7 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     """Build the demo models under ``out`` and evaluate them; returns the eval report."""
     from ..cli.main import main
     from .base_lm import build_base_lm, continue_pretraining
-    from .reading import READING_TOKENS, world_texts
+    from .reading import READING_TOKENS, reading_accuracy, world_texts
 
     p = PRESETS[preset]
     out = Path(out)
@@ -91,6 +91,8 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         base, reading, seq_len=p.base_seq_len, steps=p.reading_steps, batch_size=p.base_batch,
         lr=p.reading_lr,
     )  # fmt: skip
+    test_q = world / "questions_test.jsonl"
+    base_reading = reading_accuracy(base, world / "corpus.jsonl", test_q, p.eval_questions)
     lines = (world / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
     random.Random(seed).shuffle(lines)
     traj = out / "trajectories.jsonl"
@@ -116,9 +118,12 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
         "--out", out / "explicit", "--no-progress", *train)  # fmt: skip
     cli("eval", "--model", out / "latent", "--index", out / "index",
-        "--questions", world / "questions_test.jsonl", "--limit", p.eval_questions,
+        "--questions", test_q, "--limit", p.eval_questions,
         "--baselines", f"explicit:{out / 'explicit'},naive", "--json", out / "eval.json")  # fmt: skip
     (out / "recipe.json").write_text(
-        json.dumps({"preset": preset, "seed": seed, **asdict(p)}, indent=2)
+        json.dumps(
+            {"preset": preset, "seed": seed, **asdict(p), "base_reading_em": base_reading},
+            indent=2,
+        )
     )
     return json.loads((out / "eval.json").read_text())
