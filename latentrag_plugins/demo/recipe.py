@@ -38,6 +38,9 @@ class Preset:
     lr: float
     lambda_ret: float  # weight of L_ret (see docs/demo-model.md for why not the paper's 1)
     max_steps: int | None  # cap on training steps per model (None: epochs decide)
+    more_steps: int  # LatentRAG: a second run from the first's checkpoint (0: none) ...
+    more_lambda_ret: float  # ... with this weight of L_ret
+    more_lr: float  # ... and this learning rate (seed 1: another order of the data)
     eval_questions: int  # test questions evaluated
 
 
@@ -48,8 +51,8 @@ PRESETS = {
         base_shape="demo", base_vocab=4096, base_steps=2500, base_batch=8, base_seq_len=512,
         base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seed=4,
         reading_steps=2000, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
-        trajectories=4000, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=450,
-        eval_questions=600,
+        trajectories=4000, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=350,
+        more_steps=300, more_lambda_ret=8.0, more_lr=3e-4, eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
@@ -58,7 +61,7 @@ PRESETS = {
         base_lr=1e-3, base_seeds=(1,), tokenizer_seed=2,
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        eval_questions=4,
+        more_steps=2, more_lambda_ret=8.0, more_lr=3e-4, eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -112,8 +115,14 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         out / "prep",
         "--calibrate-beta",
     )
-    cli("train", "--model", out / "init", "--data", out / "prep", "--out", out / "latent",
+    first = out / ("latent-1" if p.more_steps else "latent")
+    cli("train", "--model", out / "init", "--data", out / "prep", "--out", first,
         "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--no-progress", *train)  # fmt: skip
+    if p.more_steps:
+        cli("train", "--model", first, "--data", out / "prep", "--out", out / "latent",
+            "--query-tower-layers", 1, "--lambda-ret", p.more_lambda_ret, "--full-finetune",
+            "--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", p.more_lr,
+            "--max-steps", p.more_steps, "--seed", 1, "--no-progress")  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
         "--out", out / "explicit", "--no-progress", *train)  # fmt: skip
