@@ -2,7 +2,9 @@
 
 No pretrained LLM can be downloaded here, so the demo starts from a small Qwen2-shaped model
 (``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the same corpus,
-pretrained with plain next-token prediction on packed passages.
+pretrained with plain next-token prediction on texts packed whole into rows (the demo uses other
+worlds' passages and reading texts, :mod:`.reading`), then optionally pretrained further
+(:func:`continue_pretraining`).
 """
 
 from __future__ import annotations
