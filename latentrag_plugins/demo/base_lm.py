@@ -1,7 +1,7 @@
 """Build and pretrain the demo's base LLM from scratch on a text corpus (CPU-friendly).
 
 No pretrained LLM can be downloaded here, so the demo starts from a small Qwen2-shaped model
-(``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the same corpus,
+(``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the corpus (or on ``tokenizer_texts``),
 pretrained with plain next-token prediction on texts packed whole into rows (the demo uses other
 worlds' passages and reading texts, :mod:`.reading`), then optionally pretrained further
 (:func:`continue_pretraining`).
