@@ -140,6 +140,10 @@ def test_eval_smoke(model, store, tmp_path, capsys):
     assert len(preds) == 9
     # The naive baseline always retrieves once; its docs come from the same store.
     assert rep["methods"]["naive"]["mean_steps"] == 1.0
+    meth, ratios = rep["methods"], rep["ratios"]
+    want = meth["latent"]["p50_ms"] / meth["explicit"]["p50_ms"]
+    assert ratios["latent_vs_explicit_p50"] == pytest.approx(want)
+    assert "p50 latent/explicit" in out
 
 
 def test_eval_rejects_bad_baselines():

@@ -156,15 +156,13 @@ def report(records: dict[str, list[Record]], **meta: Any) -> dict[str, Any]:
     out: dict[str, Any] = dict(meta)
     out["n"] = max((len(r) for r in records.values()), default=0)
     out["methods"] = methods
-    lat = methods.get("latent", {}).get("mean_ms")
-    out["ratios"] = {
-        "latent_vs_explicit": ratio(lat, methods["explicit"]["mean_ms"])
-        if lat is not None and "explicit" in methods
-        else None,
-        "latent_vs_naive": ratio(lat, methods["naive"]["mean_ms"])
-        if lat is not None and "naive" in methods
-        else None,
-    }
+    out["ratios"] = {}
+    for stat, suffix in (("mean_ms", ""), ("p50_ms", "_p50")):
+        lat = methods.get("latent", {}).get(stat)
+        for base in ("explicit", "naive"):
+            out["ratios"][f"latent_vs_{base}{suffix}"] = (
+                ratio(lat, methods[base][stat]) if lat is not None and base in methods else None
+            )
     hops = sorted(
         {r.question.hops for recs in records.values() for r in recs if r.question.hops is not None}
     )
