@@ -83,13 +83,15 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
             raise RuntimeError(f"recipe step failed ({code}): latentrag {' '.join(map(str, args))}")
 
     cli("world", "--seed", seed, "--out", world, "--size", p.world_size, "--search", p.search)
-    texts = [t for s in p.base_seeds for part in world_texts(s, p.world_size) for t in part]
+    seeds = {*p.base_seeds, p.tokenizer_seed, *p.reading_seeds}
+    worlds = {s: world_texts(s, p.world_size) for s in sorted(seeds)}  # (passages, reading)
+    texts = [t for s in p.base_seeds for part in worlds[s] for t in part]
     build_base_lm(
         texts, base, shape=p.base_shape, vocab_size=p.base_vocab, seq_len=p.base_seq_len,
         steps=p.base_steps, batch_size=p.base_batch, lr=p.base_lr, special_tokens=READING_TOKENS,
-        tokenizer_texts=[t for part in world_texts(p.tokenizer_seed, p.world_size) for t in part],
+        tokenizer_texts=[t for part in worlds[p.tokenizer_seed] for t in part],
     )  # fmt: skip
-    reading = [t for s in p.reading_seeds for t in world_texts(s, p.world_size)[1]]
+    reading = [t for s in p.reading_seeds for t in worlds[s][1]]
     continue_pretraining(
         base, reading, seq_len=p.base_seq_len, steps=p.reading_steps, batch_size=p.base_batch,
         lr=p.reading_lr,
