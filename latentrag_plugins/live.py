@@ -59,13 +59,12 @@ class LiveDecoder:
     """Decodes a loop's latent thoughts and subqueries step by step.
 
     Args:
-        model: The model.
-        lock: The model's lock (decoding runs forward passes).
+        model: The model (decoding holds its :func:`model_lock`).
         n_rows: Number of questions in the batch.
     """
 
-    def __init__(self, model: LatentRAG, lock: threading.RLock, n_rows: int) -> None:
-        self.model, self.lock = model, lock
+    def __init__(self, model: LatentRAG, n_rows: int) -> None:
+        self.model, self.lock = model, model_lock(model)
         self.texts: list[dict[int, tuple[str | None, str | None]]] = [{} for _ in range(n_rows)]
         self.live_ms = self.final_ms = 0.0
         self.passes = 0

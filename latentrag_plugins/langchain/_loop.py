@@ -130,7 +130,7 @@ def drive(
 ) -> Iterator[Event | LoopOutcome]:
     """Run the loop with sync store searches; yields events, then the :class:`LoopOutcome`."""
     lock, hits = model_lock(model), [{} for _ in questions]
-    decoder = LiveDecoder(model, lock, len(questions)) if opts.decode else None
+    decoder = LiveDecoder(model, len(questions)) if opts.decode else None
     gen = _start(model, questions, opts, on_token)
     try:
         req = _advance(gen, None, lock)
@@ -159,7 +159,7 @@ async def adrive(
     """Async :func:`drive`: native async store searches (concurrent across questions), forward
     passes and decoding in a worker thread."""
     lock, hits = model_lock(model), [{} for _ in questions]
-    decoder = LiveDecoder(model, lock, len(questions)) if opts.decode else None
+    decoder = LiveDecoder(model, len(questions)) if opts.decode else None
     gen = _start(model, questions, opts, on_token)
     try:
         req = await asyncio.to_thread(_advance, gen, None, lock)

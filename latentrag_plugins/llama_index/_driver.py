@@ -167,7 +167,7 @@ class LatentDriver:
             on_token=on_token,
         )
         seen: set[str] = set()
-        decoder = LiveDecoder(model, self._lock, 1) if self.decode else None
+        decoder = LiveDecoder(model, 1) if self.decode else None
         try:
             kind, value = yield Compute(partial(_advance, gen, None))
             while kind == "search":
