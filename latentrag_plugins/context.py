@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -148,3 +149,32 @@ def greedy_generate(
         if all(done):
             return out
         logits = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
+
+
+class TextStream:
+    """Turns generated token ids into text pieces, per row, for streaming.
+
+    Each piece is what the row's decoded text gained, so the pieces join into exactly the full
+    decode. Decoding token by token would not: WordPiece and SentencePiece tokenizers drop the
+    space before a word when a token is decoded alone.
+
+    Args:
+        tokenizer: Decodes the tokens (special tokens skipped).
+        on_text: Called as ``on_text(row, piece)`` whenever a row's text grows.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[int, str], None]) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: dict[int, list[int]] = {}
+        self.sent: dict[int, str] = {}
+
+    def __call__(self, row: int, token: int) -> None:
+        ids = self.tokens.setdefault(row, [])
+        ids.append(token)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        prev = self.sent.get(row, "")
+        # Wait while the text ends inside a multi-byte character or rewrites what was sent.
+        if len(text) > len(prev) and text.startswith(prev) and not text.endswith("\ufffd"):
+            self.sent[row] = text
+            self.on_text(row, text[len(prev) :])

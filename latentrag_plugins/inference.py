@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .context import BatchedContext, Generated, greedy_generate
+from .context import BatchedContext, Generated, TextStream, greedy_generate
 from .errors import StoreError
 from .results import LatentRAGResult, RetrievedDoc, Step
 from .runtime import StageClock, check_questions, check_store
@@ -203,10 +203,7 @@ def latent_loop(
                 else:
                     first = torch.where(torch.tensor([bool(c) for c in need])[:, None], fed, first)
             stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
-            stream = None
-            if on_token is not None:
-                tok = model.tokenizer
-                stream = lambda row, t: on_token(row, tok.decode([t], skip_special_tokens=True))  # noqa: E731
+            stream = TextStream(model.tokenizer, on_token) if on_token is not None else None
             gens = greedy_generate(
                 ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
                 banned=sorted(ids.all - {ids.answer_end}), on_token=stream,

@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -37,7 +36,7 @@ from .io_utils import atomic_path
 from .projector import Projector
 from .prompts import PromptBuilder
 from .results import LatentRAGResult
-from .tokens import ControlIds, add_control_tokens
+from .tokens import ControlIds, add_control_tokens, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
         """
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
-            tok = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
+            tok = load_tokenizer(base_model, trust)
             llm = AutoModelForCausalLM.from_pretrained(
                 base_model, trust_remote_code=trust, use_safetensors=True
             )
@@ -362,7 +361,7 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
         tok = _load(
             root / _TOKENIZER_DIR,
             "tokenizer",
-            lambda p: AutoTokenizer.from_pretrained(p, trust_remote_code=trust),
+            lambda p: load_tokenizer(p, trust),
         )
         llm = cls._load_llm(root, cfg, tok, trust)
         ret_dir = root / _RETRIEVER_DIR

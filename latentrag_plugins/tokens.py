@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -136,3 +139,25 @@ def encode_untrusted(tok: PreTrainedTokenizerBase, text: str, specials: set[int]
 def special_ids(tok: PreTrainedTokenizerBase) -> set[int]:
     """Ids of every special token the tokenizer knows (control tokens, EOS, BOS, pad, ...)."""
     return {int(i) for i in tok.all_special_ids}
+
+
+_GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(path: str | os.PathLike[str], trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(path)``, except that a local tokenizer saved as a generic
+    fast tokenizer loads as one.
+
+    Transformers 5 replaces the saved pipeline by the model type's own tokenizer class for some
+    model types (a ``qwen2`` config gets ``Qwen2Tokenizer``'s pre-tokenizer whatever
+    ``tokenizer.json`` says), which would split text differently from the tokenizer the model
+    was trained with.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = Path(path) / "tokenizer_config.json"
+    if cfg.is_file() and (Path(path) / "tokenizer.json").is_file():
+        cls = json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class")
+        if cls in _GENERIC_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

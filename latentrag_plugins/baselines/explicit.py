@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -41,7 +40,7 @@ from ..encoder import (
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 from ..results import LatentRAGResult, RetrievedDoc
-from ..tokens import encode_untrusted, special_ids
+from ..tokens import encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
 from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
 from .explicit_force import ExplicitForce
@@ -126,7 +125,7 @@ class ExplicitAgent(DocumentTowerAPI):
 
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
-            tok = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
+            tok = load_tokenizer(base_model, trust)
             llm = AutoModelForCausalLM.from_pretrained(
                 base_model, trust_remote_code=trust, use_safetensors=True
             )
@@ -337,7 +336,7 @@ class ExplicitAgent(DocumentTowerAPI):
         tok = _load(
             root / _TOKENIZER_DIR,
             "tokenizer",
-            lambda p: AutoTokenizer.from_pretrained(p, trust_remote_code=trust),
+            lambda p: load_tokenizer(p, trust),
         )
         llm = _load(
             root / _LLM_DIR,

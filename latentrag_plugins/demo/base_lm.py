@@ -23,6 +23,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..io_utils import atomic_path
 from ..model_zoo import build_llm, build_tokenizer
+from ..tokens import load_tokenizer
+from .shared_vocab import init_embeddings_from_retriever, retriever_tokenizer
 
 
 def pack(
@@ -124,10 +126,11 @@ def build_base_lm(
     seed: int = 0,
     special_tokens: Sequence[str] = (),
     tokenizer_texts: Sequence[str] | None = None,
+    retriever: str | None = None,
 ) -> Path:
     """Train a tokenizer on ``texts``, pretrain a ``shape`` LLM on them, save an HF model dir.
 
-    The directory loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and so works as
+    The directory loads with ``AutoModelForCausalLM`` / ``tokens.load_tokenizer`` and so works as
     ``latentrag init --base-model DIR``.
 
     Args:
@@ -135,11 +138,20 @@ def build_base_lm(
         tokenizer_texts: Texts the tokenizer is trained on (default ``texts``). Texts of another
             world keep its names out of the vocabulary, so names split into pieces in training
             as they do in unseen worlds.
+        retriever: Share this WordPiece retriever's tokenization instead of training a BPE
+            (``vocab_size`` is then unused): the vocabulary is the retriever's pieces that
+            ``tokenizer_texts`` use, and their embeddings start from the retriever's
+            (:mod:`.shared_vocab`).
     """
-    tok = build_tokenizer(tokenizer_texts or texts, vocab_size=vocab_size)
+    if retriever:
+        tok = retriever_tokenizer(tokenizer_texts or texts, retriever)
+    else:
+        tok = build_tokenizer(tokenizer_texts or texts, vocab_size=vocab_size)
     if special_tokens:
         tok.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     model = build_llm(shape, vocab_size=len(tok), seed=seed)
+    if retriever:
+        init_embeddings_from_retriever(model, tok, retriever)
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
@@ -158,7 +170,7 @@ def build_base_lm(
         tok.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(
             json.dumps({"shape": shape, "vocab_size": len(tok), "seq_len": seq_len, "steps": steps,
-                        "batch_size": batch_size, "lr": lr, "seed": seed, "rows": int(data[0].shape[0]),
+                        "batch_size": batch_size, "lr": lr, "seed": seed, "retriever": retriever, "rows": int(data[0].shape[0]),
                         "final_loss": logs[-1]["loss"]}, indent=2, sort_keys=True)
         )  # fmt: skip
     return Path(out)
@@ -176,10 +188,10 @@ def continue_pretraining(
 ) -> Path:
     """Pretrain the base LM in ``base`` further on ``texts`` (a new warm-up and cosine
     schedule), replacing its weights atomically; the tokenizer stays as it is."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     base = Path(base)
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = load_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     texts = list(texts)
     random.Random(seed).shuffle(texts)

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..prompts import QUESTION_PROMPT
 from ..results import RetrievedDoc
-from ..tokens import ANSWER, ANSWER_END, INFO, INFO_END
+from ..tokens import ANSWER, ANSWER_END, INFO, INFO_END, load_tokenizer
 
 #: Special tokens the reading texts use; the base tokenizer holds them, so their embeddings are
 #: pretrained (``LatentRAG.init`` keeps control tokens that already exist).
@@ -104,12 +104,12 @@ def reading_accuracy(
         ``{"all": em, "1": em, "2": em, ...}`` in percent, plus ``"n"``.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ..io_utils import read_jsonl
     from ..metrics import exact_match
 
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = load_tokenizer(base)
     llm = AutoModelForCausalLM.from_pretrained(base).eval()
     docs = {d["id"]: d["contents"] for _, d in read_jsonl(corpus)}
     end = tok.convert_tokens_to_ids(ANSWER_END)

@@ -1,0 +1,73 @@
+"""A base LM that shares the retriever's tokenization (demo.shared_vocab) and streaming text."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from latentrag_plugins import LatentRAG
+from latentrag_plugins.context import TextStream
+from latentrag_plugins.demo.base_lm import build_base_lm
+from latentrag_plugins.demo.reading import READING_TOKENS, render_reading
+from latentrag_plugins.demo.shared_vocab import retriever_tokenizer
+from latentrag_plugins.encoder import resolve_retriever
+from latentrag_plugins.tokens import load_tokenizer
+from tests.conftest import EXAMPLES
+
+TEXTS = [
+    json.loads(line)["contents"] for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()
+]
+
+
+def test_splits_exactly_as_the_retriever_and_spells_unseen_words():
+    ours = retriever_tokenizer(TEXTS)
+    theirs = AutoTokenizer.from_pretrained(resolve_retriever("minilm"))
+    for text in TEXTS:
+        assert ours.tokenize(text) == theirs.tokenize(text)
+    assert len(ours) < 2000  # only the pieces in use, not the retriever's 30k
+    unseen = ours.tokenize("Zqxvorth")
+    assert unseen and "[UNK]" not in unseen
+    assert ours.decode(ours("Zqxvorth was born in Oslo.")["input_ids"]) == (
+        "zqxvorth was born in oslo."
+    )
+
+
+def test_shared_vocab_base_lm_starts_from_retriever_embeddings(tmp_path):
+    texts = [render_reading("Where was Ann born?", [["Ann\nAnn was born in Oslo."]], "Oslo")] * 4
+    out = build_base_lm(
+        texts + TEXTS, tmp_path / "base", shape="tiny", seq_len=64, steps=1, batch_size=2, lr=1e-6,
+        special_tokens=READING_TOKENS, retriever="minilm",
+    )  # fmt: skip
+    tok = load_tokenizer(out)
+    assert tok.tokenize("Oslo born") == ["oslo", "born"]
+    assert tok.convert_tokens_to_ids("<answer>") in tok(texts[0])["input_ids"]
+    emb = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.detach()
+    word = AutoModel.from_pretrained(resolve_retriever("minilm")).get_input_embeddings().weight
+    ret_tok = AutoTokenizer.from_pretrained(resolve_retriever("minilm"))
+    pieces = ["born", "oslo", "film", "city", "the", "was"]
+    ours = emb[tok.convert_tokens_to_ids(pieces)]  # (6, d)
+    theirs = word[ret_tok.convert_tokens_to_ids(pieces)].detach()  # (6, 384)
+    # the retriever's geometry survives the PCA: similarities correlate
+    sim_ours = torch.nn.functional.cosine_similarity(ours[:, None], ours[None], dim=-1)
+    sim_theirs = torch.nn.functional.cosine_similarity(theirs[:, None], theirs[None], dim=-1)
+    off = ~torch.eye(len(pieces), dtype=torch.bool)
+    corr = torch.corrcoef(torch.stack([sim_ours[off], sim_theirs[off]]))[0, 1]
+    assert corr > 0.5
+    model = LatentRAG.init(str(out), device="cpu")
+    assert model.tokenizer.tokenize("Oslo") == ["oslo"]  # not the qwen2 type's own pre-tokenizer
+    model.save_pretrained(tmp_path / "latent")
+    again = LatentRAG.from_pretrained(str(tmp_path / "latent"), device="cpu")
+    assert again.tokenizer.tokenize("Oslo born?") == ["oslo", "born", "?"]
+
+
+def test_text_stream_pieces_join_into_the_full_decode():
+    tok = retriever_tokenizer(TEXTS)
+    ids = tok("The film was directed by Nan Gronerini in 1899.")["input_ids"]
+    pieces: list[str] = []
+    stream = TextStream(tok, lambda row, text: pieces.append(text))
+    for t in ids:
+        stream(0, t)
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert " " in "".join(pieces)  # token-by-token decoding would lose the spaces
