@@ -22,13 +22,16 @@ class Preset:
     world_size: str  # "small" or "default"
     search: str  # retriever of the oracle agent: "minilm" or "lexical"
     base_shape: str  # model_zoo LLM shape of the base LM
-    base_vocab: int  # tokenizer vocabulary size
+    base_vocab: int  # BPE vocabulary size (unused with shared_vocab)
+    shared_vocab: bool  # the base LM splits text as the retriever does (demo/shared_vocab.py)
     base_steps: int  # pretraining steps
     base_batch: int  # pretraining rows per step
     base_seq_len: int  # tokens per pretraining row
     base_lr: float  # pretraining peak learning rate
     base_seeds: tuple[int, ...]  # worlds the base LM is pretrained on (passages + reading)
-    tokenizer_seed: int  # world the tokenizer is trained on (none of the others)
+    tokenizer_seeds: tuple[int, ...]  # worlds whose passages and reading texts (not the recipe
+    # world's) the tokenizer is built on. A BPE: one unseen world, so names split as in the test
+    # world. Shared vocabulary: every world; it only picks which retriever pieces are kept.
     reading_steps: int  # further pretraining steps on reading texts alone
     reading_seeds: tuple[int, ...]  # worlds whose reading texts those steps use
     reading_lr: float  # their peak learning rate (a new warm-up and cosine schedule)
@@ -48,17 +51,17 @@ PRESETS = {
     # What the shipped demo checkpoints were built with (docs/demo-model.md).
     "demo": Preset(
         world_size="default", search="minilm",
-        base_shape="demo", base_vocab=4096, base_steps=2500, base_batch=8, base_seq_len=512,
-        base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seed=4,
-        reading_steps=2000, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
+        base_shape="demo", base_vocab=4096, shared_vocab=True, base_steps=2000, base_batch=8,
+        base_seq_len=512, base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seeds=tuple(range(8)),
+        reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=350,
         more_steps=300, more_lambda_ret=8.0, more_lr=3e-4, eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
         world_size="small", search="lexical",
-        base_shape="tiny", base_vocab=600, base_steps=20, base_batch=8, base_seq_len=256,
-        base_lr=1e-3, base_seeds=(1,), tokenizer_seed=2,
+        base_shape="tiny", base_vocab=600, shared_vocab=True, base_steps=20, base_batch=8,
+        base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
         more_steps=2, more_lambda_ret=8.0, more_lr=3e-4, eval_questions=4,
@@ -83,13 +86,18 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
             raise RuntimeError(f"recipe step failed ({code}): latentrag {' '.join(map(str, args))}")
 
     cli("world", "--seed", seed, "--out", world, "--size", p.world_size, "--search", p.search)
-    seeds = {*p.base_seeds, p.tokenizer_seed, *p.reading_seeds}
+    seeds = {*p.base_seeds, *p.tokenizer_seeds, *p.reading_seeds}
     worlds = {s: world_texts(s, p.world_size) for s in sorted(seeds)}  # (passages, reading)
     texts = [t for s in p.base_seeds for part in worlds[s] for t in part]
+    tok_texts = [t for s in p.tokenizer_seeds for t in worlds[s][0]]  # passages
+    tok_texts += [
+        t for s in p.tokenizer_seeds if s != seed for t in worlds[s][1]
+    ]  # not our questions
     build_base_lm(
         texts, base, shape=p.base_shape, vocab_size=p.base_vocab, seq_len=p.base_seq_len,
         steps=p.base_steps, batch_size=p.base_batch, lr=p.base_lr, special_tokens=READING_TOKENS,
-        tokenizer_texts=[t for part in worlds[p.tokenizer_seed] for t in part],
+        tokenizer_texts=tok_texts,
+        retriever="minilm" if p.shared_vocab else None,
     )  # fmt: skip
     reading = [t for s in p.reading_seeds for t in worlds[s][1]]
     continue_pretraining(
