@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,39 @@ def _init_rows(
         emb_in[tid] = (emb_in[ids].float().mean(0) + offset).to(emb_in.dtype)
         if emb_out is not None and not tied:
             emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
+
+
+@torch.no_grad()
+def add_tag_tokens(
+    tok: PreTrainedTokenizerBase, llm: PreTrainedModel, tags: Sequence[str]
+) -> list[str]:
+    """Make each tag that does not survive encoding and decoding a special token.
+
+    A WordPiece tokenizer decodes ``<search>`` as ``< search >``, which tag parsers cannot read.
+    Each new row starts as the mean embedding of the tag's own text pieces.
+
+    Returns:
+        The tags added.
+    """
+    pieces = {t: tok(t, add_special_tokens=False)["input_ids"] for t in tags}
+    new = [t for t in tags if tok.decode(pieces[t]).strip() != t]
+    if not new:
+        return []
+    tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    old_rows = llm.get_input_embeddings().weight.shape[0]
+    if len(tok) > old_rows:
+        llm.resize_token_embeddings(len(tok), mean_resizing=False)
+    emb_in = llm.get_input_embeddings().weight  # (V, d)
+    out_mod = llm.get_output_embeddings()
+    emb_out = out_mod.weight if out_mod is not None else None  # (V, d) or None
+    tied = emb_out is not None and emb_out.data_ptr() == emb_in.data_ptr()
+    for t in new:
+        tid, ids = tok.convert_tokens_to_ids(t), [i for i in pieces[t] if i < old_rows]
+        if tid >= old_rows and ids:
+            emb_in[tid] = emb_in[ids].float().mean(0).to(emb_in.dtype)
+            if emb_out is not None and not tied:
+                emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
+    return new
 
 
 def encode_untrusted(tok: PreTrainedTokenizerBase, text: str, specials: set[int]) -> list[int]:

@@ -62,6 +62,27 @@ def test_shared_vocab_base_lm_starts_from_retriever_embeddings(tmp_path):
     assert again.tokenizer.tokenize("Oslo born?") == ["oslo", "born", "?"]
 
 
+def test_explicit_agent_tags_survive_a_wordpiece_tokenizer(tmp_path):
+    from latentrag_plugins.baselines import search_r1 as sr1
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+
+    out = build_base_lm(
+        TEXTS, tmp_path / "base", shape="tiny", seq_len=64, steps=1, batch_size=2, lr=1e-6,
+        retriever="minilm",
+    )  # fmt: skip
+    agent = ExplicitAgent.init(str(out), device="cpu")
+    text = agent.decode(agent.trusted(f"{sr1.THINK} who {sr1.THINK_END} {sr1.SEARCH} Oslo mayor"))
+    assert sr1.extract_search(text + f" {sr1.SEARCH_END}") == "oslo mayor"
+    assert sr1.extract_think(text) == "who"
+    rows = agent.llm.get_input_embeddings().weight
+    search = agent.tokenizer.convert_tokens_to_ids(sr1.SEARCH)
+    pieces = agent.tokenizer("<search>", split_special_tokens=True)["input_ids"]
+    assert torch.allclose(rows[search], rows[pieces].mean(0))  # not random noise
+    agent.save_pretrained(tmp_path / "agent")
+    again = ExplicitAgent.from_pretrained(str(tmp_path / "agent"), device="cpu")
+    assert again.tokenizer.convert_tokens_to_ids(sr1.SEARCH) == search
+
+
 def test_text_stream_pieces_join_into_the_full_decode():
     tok = retriever_tokenizer(TEXTS)
     ids = tok("The film was directed by Nan Gronerini in 1899.")["input_ids"]

@@ -40,7 +40,7 @@ from ..encoder import (
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
 from ..results import LatentRAGResult, RetrievedDoc
-from ..tokens import encode_untrusted, load_tokenizer, special_ids
+from ..tokens import add_tag_tokens, encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
 from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
 from .explicit_force import ExplicitForce
@@ -83,8 +83,8 @@ class ExplicitAgent(DocumentTowerAPI):
         self.specials = special_ids(tokenizer)
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         # Specials the agent may never write: all but EOS and Search-R1's own tags (some
-        # tokenizers, e.g. LatentRAG's, hold <answer>/</answer>/<information> as special tokens).
-        tags = {sr1.ANSWER, sr1.ANSWER_END, sr1.INFORMATION, sr1.INFORMATION_END}
+        # tokenizers hold them as special tokens: LatentRAG's <answer>, <information>; add_tag_tokens).
+        tags = set(sr1.TAGS)
         tag_ids = {tokenizer.convert_tokens_to_ids(t) for t in tags} - {
             None,
             tokenizer.unk_token_id,
@@ -139,6 +139,7 @@ class ExplicitAgent(DocumentTowerAPI):
             tok.add_special_tokens({"eos_token": "</s>"})
             if len(tok) > llm.get_input_embeddings().weight.shape[0]:
                 llm.resize_token_embeddings(len(tok), mean_resizing=False)
+        add_tag_tokens(tok, llm, sr1.TAGS)
         if isinstance(retriever, EncoderTower):
             tower = retriever
             config.setdefault("retriever_pooling", tower.pooling)

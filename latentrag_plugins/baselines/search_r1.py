@@ -43,6 +43,7 @@ THINK, THINK_END = "<think>", "</think>"
 SEARCH, SEARCH_END = "<search>", "</search>"
 INFORMATION, INFORMATION_END = "<information>", "</information>"
 ANSWER, ANSWER_END = "<answer>", "</answer>"
+TAGS = (THINK, THINK_END, SEARCH, SEARCH_END, INFORMATION, INFORMATION_END, ANSWER, ANSWER_END)
 STOP_STRINGS = (SEARCH_END, ANSWER_END)
 """Generation stops after either of these (or EOS)."""
 
@@ -231,6 +232,7 @@ __all__ = [
     "SEARCH_R1_INSTRUCTION",
     "SEARCH_R1_PROMPT",
     "STOP_STRINGS",
+    "TAGS",
     "THINK",
     "THINK_END",
     "ParsedStep",
