@@ -1,10 +1,10 @@
 """Build and pretrain the demo's base LLM from scratch on a text corpus (CPU-friendly).
 
 No pretrained LLM can be downloaded here, so the demo starts from a small Qwen2-shaped model
-(``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the corpus (or on ``tokenizer_texts``),
-pretrained with plain next-token prediction on texts packed whole into rows (the demo uses other
-worlds' passages and reading texts, :mod:`.reading`), then optionally pretrained further
-(:func:`continue_pretraining`).
+(``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the corpus, or a
+tokenizer that shares the retriever's pieces (:mod:`.shared_vocab`), pretrained with plain
+next-token prediction on texts packed whole into rows (the demo uses other worlds' passages and
+reading texts, :mod:`.reading`), then optionally pretrained further (:func:`continue_pretraining`).
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ def build_base_lm(
         tok.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(
             json.dumps({"shape": shape, "vocab_size": len(tok), "seq_len": seq_len, "steps": steps,
-                        "batch_size": batch_size, "lr": lr, "seed": seed, "retriever": retriever, "rows": int(data[0].shape[0]),
-                        "final_loss": logs[-1]["loss"]}, indent=2, sort_keys=True)
+                        "batch_size": batch_size, "lr": lr, "seed": seed, "retriever": retriever,
+                        "rows": int(data[0].shape[0]), "final_loss": logs[-1]["loss"]},
+                       indent=2, sort_keys=True)
         )  # fmt: skip
     return Path(out)
 
