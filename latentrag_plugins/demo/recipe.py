@@ -42,9 +42,8 @@ class Preset:
     lambda_ret: float  # weight of L_ret (see docs/demo-model.md for why not the paper's 1)
     max_steps: int | None  # LatentRAG: cap on training steps (None: epochs decide)
     explicit_max_steps: int | None  # the explicit agent's cap
-    more_steps: int  # LatentRAG: a second run from the first's checkpoint (0: none) ...
-    more_lambda_ret: float  # ... with this weight of L_ret
-    more_lr: float  # ... and this learning rate (seed 1: another order of the data)
+    more_runs: tuple[tuple[int, float], ...]  # LatentRAG: further runs, each from the last
+    # checkpoint, as (steps, peak lr); seeds 1, 2, ... (other orders of the data), λ_ret as above
     eval_questions: int  # test questions evaluated
 
 
@@ -56,8 +55,7 @@ PRESETS = {
         base_seq_len=512, base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seeds=tuple(range(8)),
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
-        explicit_max_steps=350, more_steps=400, more_lambda_ret=8.0, more_lr=3e-4,
-        eval_questions=600,
+        explicit_max_steps=350, more_runs=((400, 3e-4), (800, 3e-4)), eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
@@ -66,7 +64,7 @@ PRESETS = {
         base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        explicit_max_steps=3, more_steps=2, more_lambda_ret=8.0, more_lr=3e-4, eval_questions=4,
+        explicit_max_steps=3, more_runs=((2, 3e-4),), eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -128,14 +126,14 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         out / "prep",
         "--calibrate-beta",
     )
-    first = out / ("latent-1" if p.more_steps else "latent")
-    cli("train", "--model", out / "init", "--data", out / "prep", "--out", first,
+    runs = [out / f"latent-{i}" for i in range(len(p.more_runs))] + [out / "latent"]
+    cli("train", "--model", out / "init", "--data", out / "prep", "--out", runs[0],
         "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--no-progress", *train, *cap)  # fmt: skip
-    if p.more_steps:
-        cli("train", "--model", first, "--data", out / "prep", "--out", out / "latent",
-            "--query-tower-layers", 1, "--lambda-ret", p.more_lambda_ret, "--full-finetune",
-            "--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", p.more_lr,
-            "--max-steps", p.more_steps, "--seed", 1, "--no-progress")  # fmt: skip
+    for i, (steps, lr) in enumerate(p.more_runs):
+        cli("train", "--model", runs[i], "--data", out / "prep", "--out", runs[i + 1],
+            "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--full-finetune",
+            "--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", lr,
+            "--max-steps", steps, "--seed", i + 1, "--no-progress")  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
         "--out", out / "explicit", "--no-progress", *train, *explicit_cap)  # fmt: skip
