@@ -82,8 +82,8 @@ class ExplicitAgent(DocumentTowerAPI):
         self.pad_id = int(pad)
         self.specials = special_ids(tokenizer)
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        # Specials the agent may never write: all but EOS and Search-R1's own tags (some
-        # tokenizers hold them as special tokens: LatentRAG's <answer>, <information>; add_tag_tokens).
+        # Specials the agent may never write: all but EOS and Search-R1's own tags (which some
+        # tokenizers hold as special tokens: LatentRAG's <answer>; see add_tag_tokens).
         tags = set(sr1.TAGS)
         tag_ids = {tokenizer.convert_tokens_to_ids(t) for t in tags} - {
             None,
