@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ..encoder import resolve_retriever
 from ..prompts import QUESTION_PROMPT, SUBQUERY_DECODE_PROMPT, THOUGHT_DECODE_PROMPT
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "[UNK]"
 
@@ -31,7 +35,7 @@ def _retriever_vocab(retriever: str) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def _wordpiece(vocab: dict[str, int]):  # -> tokenizers.Tokenizer
+def _wordpiece(vocab: dict[str, int]) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100))
