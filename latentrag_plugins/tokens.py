@@ -95,11 +95,34 @@ def add_control_tokens(tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: in
     new = [
         t for t in control_tokens(m, n) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
     ]
+    old_rows = _add_special_rows(tok, llm, new)
+    _init_rows(tok, llm, m, n, old_rows)
+
+
+def _add_special_rows(tok: PreTrainedTokenizerBase, llm: PreTrainedModel, new: list[str]) -> int:
+    """Add ``new`` as special tokens and grow the LLM's embeddings; returns the old row count."""
     tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     old_rows = llm.get_input_embeddings().weight.shape[0]
     if len(tok) > old_rows:
         llm.resize_token_embeddings(len(tok), mean_resizing=False)
-    _init_rows(tok, llm, m, n, old_rows)
+    return old_rows
+
+
+@torch.no_grad()
+def _mean_rows(
+    llm: PreTrainedModel, rows: dict[int, tuple[list[int], torch.Tensor | None]]
+) -> None:
+    """Set each row ``tid`` of the input (and untied output) embeddings to the mean of rows
+    ``ids``, plus ``offset`` (d,) on the input side if given."""
+    emb_in = llm.get_input_embeddings().weight  # (V, d)
+    out_mod = llm.get_output_embeddings()
+    emb_out = out_mod.weight if out_mod is not None else None  # (V, d) or None
+    tied = emb_out is not None and emb_out.data_ptr() == emb_in.data_ptr()
+    for tid, (ids, offset) in rows.items():
+        mean = emb_in[ids].float().mean(0)  # (d,)
+        emb_in[tid] = (mean if offset is None else mean + offset).to(emb_in.dtype)
+        if emb_out is not None and not tied:
+            emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
 
 
 @torch.no_grad()
@@ -107,11 +130,9 @@ def _init_rows(
     tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: int, n: int, old_rows: int
 ) -> None:
     emb_in = llm.get_input_embeddings().weight  # (V, d)
-    emb_out_mod = llm.get_output_embeddings()
-    emb_out = emb_out_mod.weight if emb_out_mod is not None else None  # (V, d) or None
-    tied = emb_out is not None and emb_out.data_ptr() == emb_in.data_ptr()
     std = emb_in[:old_rows].float().std().item()
     gen = torch.Generator().manual_seed(0)
+    rows: dict[int, tuple[list[int], torch.Tensor | None]] = {}
     for t in control_tokens(m, n):
         tid = tok.convert_tokens_to_ids(t)
         if tid < old_rows:
@@ -121,13 +142,10 @@ def _init_rows(
             i for i in tok(_INIT_WORDS[key], add_special_tokens=False)["input_ids"] if i < old_rows
         ]
         ids = ids or list(range(min(old_rows, 16)))
-        offset = torch.randn(emb_in.shape[1], generator=gen) * std * 0.1  # (d,)
-        emb_in[tid] = (emb_in[ids].float().mean(0) + offset).to(emb_in.dtype)
-        if emb_out is not None and not tied:
-            emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
+        rows[tid] = (ids, torch.randn(emb_in.shape[1], generator=gen) * std * 0.1)  # offset (d,)
+    _mean_rows(llm, rows)
 
 
-@torch.no_grad()
 def add_tag_tokens(
     tok: PreTrainedTokenizerBase, llm: PreTrainedModel, tags: Sequence[str]
 ) -> list[str]:
@@ -143,20 +161,13 @@ def add_tag_tokens(
     new = [t for t in tags if tok.decode(pieces[t]).strip() != t]
     if not new:
         return []
-    tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-    old_rows = llm.get_input_embeddings().weight.shape[0]
-    if len(tok) > old_rows:
-        llm.resize_token_embeddings(len(tok), mean_resizing=False)
-    emb_in = llm.get_input_embeddings().weight  # (V, d)
-    out_mod = llm.get_output_embeddings()
-    emb_out = out_mod.weight if out_mod is not None else None  # (V, d) or None
-    tied = emb_out is not None and emb_out.data_ptr() == emb_in.data_ptr()
+    old_rows = _add_special_rows(tok, llm, new)
+    rows: dict[int, tuple[list[int], torch.Tensor | None]] = {}
     for t in new:
         tid, ids = tok.convert_tokens_to_ids(t), [i for i in pieces[t] if i < old_rows]
         if tid >= old_rows and ids:
-            emb_in[tid] = emb_in[ids].float().mean(0).to(emb_in.dtype)
-            if emb_out is not None and not tied:
-                emb_out[tid] = emb_out[ids].float().mean(0).to(emb_out.dtype)
+            rows[tid] = (ids, None)
+    _mean_rows(llm, rows)
     return new
 
 
@@ -178,7 +189,9 @@ def special_ids(tok: PreTrainedTokenizerBase) -> set[int]:
 _GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
-def load_tokenizer(path: str | os.PathLike[str], trust_remote_code: bool = False):
+def load_tokenizer(
+    path: str | os.PathLike[str], trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained(path)``, except that a local tokenizer saved as a generic
     fast tokenizer loads as one.
 

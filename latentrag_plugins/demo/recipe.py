@@ -111,7 +111,15 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     traj = out / "trajectories.jsonl"
     traj.write_text("\n".join(lines[: p.trajectories]) + "\n", encoding="utf-8")
 
-    train = ["--full-finetune", "--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", p.lr]
+    common = [
+        "--full-finetune",
+        "--epochs",
+        p.epochs,
+        "--batch-size",
+        p.batch_size,
+        "--no-progress",
+    ]
+    train = [*common, "--lr", p.lr]
     cap = ["--max-steps", p.max_steps] if p.max_steps else []
     explicit_cap = ["--max-steps", p.explicit_max_steps] if p.explicit_max_steps else []
     cli("init", "--base-model", base, "--force", out / "init")
@@ -128,15 +136,14 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     )
     runs = [out / f"latent-{i}" for i in range(len(p.more_runs))] + [out / "latent"]
     cli("train", "--model", out / "init", "--data", out / "prep", "--out", runs[0],
-        "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--no-progress", *train, *cap)  # fmt: skip
+        "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, *train, *cap)  # fmt: skip
     for i, (steps, lr) in enumerate(p.more_runs):
         cli("train", "--model", runs[i], "--data", out / "prep", "--out", runs[i + 1],
-            "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, "--full-finetune",
-            "--epochs", p.epochs, "--batch-size", p.batch_size, "--lr", lr,
-            "--max-steps", steps, "--seed", i + 1, "--no-progress")  # fmt: skip
+            "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, *common, "--lr", lr,
+            "--max-steps", steps, "--seed", i + 1)  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
-        "--out", out / "explicit", "--no-progress", *train, *explicit_cap)  # fmt: skip
+        "--out", out / "explicit", *train, *explicit_cap)  # fmt: skip
     cli("eval", "--model", out / "latent", "--index", out / "index",
         "--questions", test_q, "--limit", p.eval_questions,
         "--baselines", f"explicit:{out / 'explicit'},naive", "--json", out / "eval.json")  # fmt: skip

@@ -46,8 +46,9 @@ def _wordpiece(vocab: dict[str, int]) -> Tokenizer:
 
 
 def retriever_tokenizer(texts: Iterable[str], retriever: str = "minilm") -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer over the retriever's pieces that ``texts`` and the model's prompts use, plus every ASCII
-    character piece (so no ASCII word is unknown), ``<|endoftext|>`` (EOS) and ``<|pad|>``.
+    """A WordPiece tokenizer over the retriever's pieces that ``texts`` and the model's prompts
+    use, plus every ASCII character piece (so no ASCII word is unknown), ``<|endoftext|>`` (EOS)
+    and ``<|pad|>``.
 
     On ``texts`` it splits exactly as the retriever does; elsewhere a piece missing from the
     subset makes the split finer, never different in characters. Lower-cases, as the retriever.
