@@ -61,6 +61,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def tower_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The encoder towers' dtype next to an LLM in ``dtype``: float16 stays float32 on CPU."""
+    if device.type == "cpu" and dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
 class LatentRAG(DocumentTowerAPI, nn.Module):
     """A LatentRAG model: reasons and retrieves with one LLM forward pass per step.
 
@@ -182,17 +189,16 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
         )
 
     def to_device(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentRAG:
-        """Move to ``device``; the LLM and projectors take ``dtype``, the towers stay float32 on
-        CPU and take ``dtype`` on GPU."""
+        """Move to ``device``; the LLM, projectors and towers take ``dtype`` (towers: float32 for
+        float16 on CPU)."""
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         self.llm.to(device=device, dtype=dtype)
         for proj in (self.proj_ret, self.proj_think, self.proj_query):
             proj.to(device=device, dtype=dtype)
-        tower_dtype = dtype if device.type == "cuda" else torch.float32
         for tower in (self.doc_tower, self.query_tower):
             if tower is not None:
-                tower.to(device=device, dtype=tower_dtype)
+                tower.to(device=device, dtype=tower_dtype(device, dtype))
         self.eval()
         return self
 

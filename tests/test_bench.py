@@ -121,13 +121,14 @@ def test_eval_smoke(model, store, tmp_path, capsys):
         "eval", "--model", str(tmp_path / "latent"), "--index", str(tmp_path / "index"),
         "--questions", str(qs), "--baselines", f"explicit:{tmp_path / 'explicit'},naive",
         "--json", str(tmp_path / "eval.json"), "--predictions", str(tmp_path / "pred.jsonl"),
-        "--batch-size", "2", "--device", "cpu",
+        "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16",
     ]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| latent |" in out and "| explicit |" in out and "| naive |" in out
     rep = json.loads((tmp_path / "eval.json").read_text())
     assert rep["n"] == 3
+    assert rep["dtypes"] == {"latent": "bfloat16", "naive": "bfloat16", "explicit": "float32"}
     for name in ("latent", "explicit", "naive"):
         m = rep["methods"][name]
         for key in ("em", "f1", "retrieval_success", "mean_steps", "p50_ms", "p95_ms"):

@@ -145,3 +145,14 @@ def test_last_token_pooling_for_decoder_embedders(tokenizer):
     e = m.embed_documents(["a short one", "a much longer document about many things"])
     assert e.shape == (2, 64)
     assert abs(float((e**2).sum(1)[0]) - 1) < 1e-4
+
+
+def test_loading_in_bf16_on_cpu_moves_the_towers_too(saved, store, force):
+    m = LatentRAG.from_pretrained(saved, device="cpu", dtype=torch.bfloat16)
+    for part in (m.llm, m.proj_ret, m.doc_tower, m.query_tower):
+        assert next(part.parameters()).dtype == torch.bfloat16
+    with force(m, "retrieve"):
+        res = m.run(Q, store, max_steps=1)
+    assert res.steps[0].docs  # the bf16 query embedding searches the float32 index
+    half = LatentRAG.from_pretrained(saved, device="cpu", dtype=torch.float16)
+    assert next(half.doc_tower.parameters()).dtype == torch.float32  # no fast fp16 on CPU

@@ -168,13 +168,14 @@ class ExplicitAgent(DocumentTowerAPI):
     def to_device(
         self, device: torch.device | str, dtype: torch.dtype | None = None
     ) -> ExplicitAgent:
-        """Move to ``device``; the LLM takes ``dtype``, the tower stays float32 on CPU."""
-        from ..model import default_dtype
+        """Move to ``device``; the LLM and tower take ``dtype`` (tower: float32 for float16 on
+        CPU)."""
+        from ..model import default_dtype, tower_dtype
 
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         self.llm.to(device=device, dtype=dtype)
-        self.doc_tower.to(device=device, dtype=dtype if device.type == "cuda" else torch.float32)
+        self.doc_tower.to(device=device, dtype=tower_dtype(device, dtype))
         self.llm.eval()
         return self
 

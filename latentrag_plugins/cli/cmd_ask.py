@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_model_arg
+from .common import add_device_arg, add_dtype_arg, add_model_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="Documents per step.")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     add_device_arg(p)
+    add_dtype_arg(p)
     p.set_defaults(func=run)
     return p
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     store = load_index(args.index, model)
     res = model.run(
         args.question,

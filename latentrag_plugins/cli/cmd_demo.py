@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_device_arg, add_dtype_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -27,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=100, help="Test questions for --json (default 100, 0: all)."
     )
-    p.add_argument("--device", default=None, help="Device (default: auto).")
+    add_device_arg(p)
+    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
+    add_dtype_arg(p, "--explicit-dtype", "the explicit agent")
     p.add_argument(
         "--build",
         metavar="DIR",
@@ -59,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.question is not None and not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    model = LatentRAG.from_pretrained("demo", device=args.device)
-    explicit = ExplicitAgent.from_pretrained("demo-explicit", device=args.device)
+    from .common import parse_dtype
+
+    model = LatentRAG.from_pretrained("demo", device=args.device, dtype=parse_dtype(args.dtype))
+    explicit = ExplicitAgent.from_pretrained(
+        "demo-explicit", device=args.device, dtype=parse_dtype(args.explicit_dtype)
+    )
     naive = NaiveRAG(model)
     store = cached_index(model, DEMO_CORPUS)
     if args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg, add_model_arg
+from .common import add_device_arg, add_dtype_arg, add_model_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--predictions", metavar="OUT.jsonl", default=None, help="Write per-question records."
     )
     add_device_arg(p)
+    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
+    add_dtype_arg(p, "--explicit-dtype", "the explicit agents")
     p.set_defaults(func=run)
     return p
 
@@ -72,31 +74,37 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from .common import load_index, load_model
+    from .common import dtype_name, load_index, load_model, parse_dtype
 
     baselines = parse_baselines(args.baselines)
     if args.no_latent and not baselines:
         raise ValueError("--no-latent needs at least one --baselines entry")
     questions = read_questions(args.questions, limit=args.limit)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.dtype)
     store = load_index(args.index, model)
     runners = {}
+    dtypes: dict[str, str] = {}
     if not args.no_latent:
         runners["latent"] = lambda qs: model.run_batch(
             qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k
         )
+        dtypes["latent"] = dtype_name(model.llm)
     for kind, arg in baselines:
         if kind == "naive":
             from ..baselines.naive import NaiveRAG
 
             naive = NaiveRAG(model, top_k=args.top_k)
             runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
+            dtypes["naive"] = dtype_name(model.llm)
         else:
             from ..baselines.explicit import ExplicitAgent
 
-            agent = ExplicitAgent.from_pretrained(arg, device=args.device)
+            agent = ExplicitAgent.from_pretrained(
+                arg, device=args.device, dtype=parse_dtype(args.explicit_dtype)
+            )
             name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"
             runners[name] = lambda qs, a=agent: a.run_batch(qs, store, top_k=args.top_k)
+            dtypes[name] = dtype_name(agent.llm)
     records = evaluate(runners, questions, batch_size=args.batch_size)
     rep = report(
         records,
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         decode=args.decode,
         machine=machine_info(model.device),
+        dtypes=dtypes,
     )
     to_stdout = args.json == "-"
     text = "\n\n".join(

@@ -20,11 +20,41 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="Device, e.g. cpu or cuda (default: auto).")
 
 
-def load_model(path: str, device: str | None = None) -> Any:
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_dtype_arg(
+    p: argparse.ArgumentParser, flag: str = "--dtype", what: str = "the model"
+) -> None:
+    """``--dtype``: the weights' dtype (default auto: bf16 on GPU, float32 on CPU)."""
+    p.add_argument(
+        flag,
+        choices=DTYPES,
+        default="auto",
+        help=f"Dtype of {what} (default auto: bfloat16 on GPU, float32 on CPU; bfloat16 pays "
+        "off on CPUs with AMX).",
+    )
+
+
+def parse_dtype(name: str | None) -> Any:
+    """A ``--dtype`` choice -> ``torch.dtype`` (None for auto)."""
+    if name in (None, "auto"):
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def dtype_name(module: Any) -> str:
+    """The dtype of a module's first parameter, e.g. ``"float32"``."""
+    return str(next(module.parameters()).dtype).removeprefix("torch.")
+
+
+def load_model(path: str, device: str | None = None, dtype: str | None = None) -> Any:
     """Load a LatentRAG checkpoint."""
     from ..model import LatentRAG
 
-    return LatentRAG.from_pretrained(path, device=device)
+    return LatentRAG.from_pretrained(path, device=device, dtype=parse_dtype(dtype))
 
 
 def load_index(path: str, model: Any) -> Any:
