@@ -112,6 +112,11 @@ class LatentRAGConfig(VersionedConfig):
     max_decode_tokens: int = Field(
         default=64, ge=1, description="Most tokens generated when decoding a latent thought/query."
     )
+    extractive_answers: bool = Field(
+        default=False,
+        description="Answers quote one span of the question or the retrieved documents "
+        "(constrained greedy decoding); also used by naive RAG on this model.",
+    )
 
     # --- retriever towers --------------------------------------------------------------------
     retriever_pooling: Pooling = Field(

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .extractive import SpanConstraint
+
 
 class BatchedContext:
     """The KV cache, attention mask ``(B, L)`` and next position ``(B,)`` of a batch of rows.
@@ -106,6 +108,7 @@ def greedy_generate(
     banned: list[int] | None = None,
     active: list[bool] | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    spans: SpanConstraint | None = None,
 ) -> list[Generated]:
     """Greedy decoding from ``first_logits (B, V)`` until a stop token or ``max_new`` tokens.
 
@@ -117,6 +120,7 @@ def greedy_generate(
         banned: Token ids never generated.
         active: Rows to generate for (default all).
         on_token: Called as ``on_token(row, token_id)`` for every generated token (streaming).
+        spans: Restricts each row's tokens to one span of its sources (extractive answers).
     """
     b = first_logits.shape[0]
     out = [Generated([], False, 0) for _ in range(b)]
@@ -127,6 +131,8 @@ def greedy_generate(
         if ban is not None:
             logits = logits.clone()
             logits[:, ban] = float("-inf")
+        if spans is not None:
+            logits = spans.mask(logits, [i for i in range(b) if not done[i]])
         pick = logits.argmax(-1).tolist()
         chunks: list[list[int]] = []
         for i in range(b):
@@ -138,6 +144,8 @@ def greedy_generate(
                 chunks.append([])
                 continue
             out[i].tokens.append(pick[i])
+            if spans is not None:
+                spans.advance(i, pick[i])
             if on_token is not None:
                 on_token(i, pick[i])
             if len(out[i].tokens) >= max_new:

@@ -20,6 +20,7 @@ import torch
 
 from .context import BatchedContext, Generated, TextStream, greedy_generate
 from .errors import StoreError
+from .extractive import SpanConstraint, source_tokens
 from .results import LatentRAGResult, RetrievedDoc, Step
 from .runtime import StageClock, check_questions, check_store
 
@@ -204,9 +205,10 @@ def latent_loop(
                     first = torch.where(torch.tensor([bool(c) for c in need])[:, None], fed, first)
             stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
             stream = TextStream(model.tokenizer, on_token) if on_token is not None else None
+            spans = answer_spans(model, [r.token_ids for r in rows], stop)
             gens = greedy_generate(
                 ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
-                banned=sorted(ids.all - {ids.answer_end}), on_token=stream,
+                banned=sorted(ids.all - {ids.answer_end}), on_token=stream, spans=spans,
             )  # fmt: skip
 
     results = []
@@ -240,6 +242,16 @@ def latent_loop(
     if was_training:
         model.train()
     return results
+
+
+def answer_spans(
+    model: LatentRAG, contexts: list[list[int]], stop: set[int]
+) -> SpanConstraint | None:
+    """The extractive-answer constraint over each row's context (None unless configured)."""
+    if not model.config.extractive_answers:
+        return None
+    control = model.ids.all | set(model.tokenizer.all_special_ids)
+    return SpanConstraint([source_tokens(c, control) for c in contexts], stop)
 
 
 def _budget_exhausted(used: int, cfg: Any, reserve: int) -> bool:

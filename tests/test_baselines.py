@@ -286,6 +286,19 @@ def test_explicit_save_load_round_trip(agent, store, tmp_path):
         ExplicitAgent.from_pretrained(tmp_path / "exp", device="cpu")
 
 
+def test_explicit_answer_quotes_its_prompt_or_documents(model, store):
+    agent = ExplicitAgent.init(
+        copy.deepcopy(model.llm), model.doc_tower, tokenizer=copy.deepcopy(model.tokenizer),
+        device="cpu", max_turn_tokens=64, max_answer_tokens=8, extractive_answers=True,
+    )  # fmt: skip
+    with Script(agent, ["<think> ok </think>\n<answer> Marie Curie </answer>"]):
+        assert agent.run(Q, store).answer == "Marie Curie"  # in the question: kept
+    with Script(agent, ["<think> ok </think>\n<answer> Vienna </answer>"]):
+        res = agent.run(Q, store)
+    assert "Vienna" not in res.answer
+    assert res.answer in agent.decode(agent.prompt_ids(Q))  # a quote (here of spaces)
+
+
 # ------------------------------------------------------------------------------ naive RAG
 def test_naive_rag_one_retrieval_then_answer(model, store):
     naive = NaiveRAG(model)

@@ -128,7 +128,10 @@ def test_eval_smoke(model, store, tmp_path, capsys):
     assert "| latent |" in out and "| explicit |" in out and "| naive |" in out
     rep = json.loads((tmp_path / "eval.json").read_text())
     assert rep["n"] == 3
-    assert rep["dtypes"] == {"latent": "bfloat16", "naive": "bfloat16", "explicit": "float32"}
+    assert {k: v["dtype"] for k, v in rep["settings"].items()} == {
+        "latent": "bfloat16", "naive": "bfloat16", "explicit": "float32"
+    }  # fmt: skip
+    assert not any(v["extractive_answers"] for v in rep["settings"].values())
     for name in ("latent", "explicit", "naive"):
         m = rep["methods"][name]
         for key in ("em", "f1", "retrieval_success", "mean_steps", "p50_ms", "p95_ms"):

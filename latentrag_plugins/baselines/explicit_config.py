@@ -47,6 +47,11 @@ class ExplicitConfig(VersionedConfig):
     max_context_tokens: int = Field(
         default=3000, ge=64, description="Token budget of the whole LLM context of one question."
     )
+    extractive_answers: bool = Field(
+        default=False,
+        description="Answers quote one span of the prompt or the retrieved documents "
+        "(constrained greedy decoding inside <answer>).",
+    )
     max_doc_tokens: int = Field(
         default=256, ge=8, description="Most LLM tokens kept per retrieved document."
     )

@@ -24,6 +24,7 @@ import torch
 
 from ..context import BatchedContext
 from ..errors import StoreError
+from ..extractive import SpanConstraint, source_tokens
 from ..inference import SearchRequest, search_store
 from ..results import LatentRAGResult, RetrievedDoc, Step
 from ..runtime import StageClock, check_questions, check_store
@@ -44,6 +45,7 @@ class _Row:
     carry: list[int] = field(default_factory=list)  # generated ids not fed yet
     steps: list[Step] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # the context as the model saw it
+    sources: list[int] = field(default_factory=list)  # prompt and documents: what answers quote
     done: bool = False
     answer: str = ""
     passes: int = 0
@@ -101,6 +103,8 @@ def explicit_loop(
 
     reserve = cfg.max_answer_tokens + 8
     rows = [_Row(pending=agent.prompt_ids(q)) for q in questions]
+    for r in rows:
+        r.sources = list(r.pending)
     for q, r in zip(questions, rows):
         need = len(r.pending) + cfg.max_turn_tokens + reserve
         if need > cfg.max_context_tokens:
@@ -178,6 +182,7 @@ def explicit_loop(
                     r.steps.append(Step(index=turn + 1, action="answer", thought=None, forced=True))
                     continue
                 r.pending += info
+                r.sources += info
         forced = [i for i in live if not rows[i].done and rows[i].steps[-1].action == "answer"]
         if forced:
             _forced_answer(agent, ctx, rows, forced, clock)
@@ -279,10 +284,14 @@ def _generate_round(
     for i in set(live) - active:
         turns[i].kind = "length"
     in_answer = dict.fromkeys(live, answer_mode)
+    spans = _answer_spans(agent, rows)
+    quoting = set(live) - set(plans) if answer_mode and spans else set()
     ban = agent.banned_tensor(logits.device)
     while active:
         logits = logits.clone()
         logits[:, ban] = float("-inf")
+        if spans is not None and quoting & active:
+            logits = spans.mask(logits, quoting & active)
         pick = logits.argmax(-1).tolist()
         feeding: list[int] = []
         for i in sorted(active):
@@ -301,6 +310,11 @@ def _generate_round(
                     in_answer[i] = True
             else:
                 tok = pick[i]
+                if i in quoting:
+                    if tok in spans.stop:
+                        quoting.discard(i)  # the rest of </answer> is free
+                    else:
+                        spans.advance(i, tok)
                 if tok == agent.eos_id:
                     t.kind = "eos"
                     rows[i].output_tokens += 1  # the stop token, as LatentRAG counts it
@@ -315,6 +329,8 @@ def _generate_round(
                     continue
                 if not in_answer[i] and sr1.ANSWER in tail:
                     in_answer[i] = True
+                    if spans is not None:
+                        quoting.add(i)
             if len(t.tokens) >= room[i]:
                 t.kind = "length"
                 active.discard(i)
@@ -333,6 +349,19 @@ def _generate_round(
         # The last generated token was not fed yet: it opens the next feed of this row.
         rows[i].carry = [t.tokens[-1]] if t.tokens and t.fed < len(t.tokens) else []
     return turns
+
+
+def _answer_spans(agent: ExplicitAgent, rows: list[_Row]) -> SpanConstraint | None:
+    """The extractive-answer constraint over each row's sources (None unless configured)."""
+    if not agent.config.extractive_answers:
+        return None
+    # The first token of </answer>, with or without a space before it, ends the quote (a bare
+    # space token would end it too early).
+    firsts = {agent.trusted(t)[0] for t in (sr1.ANSWER_END, " " + sr1.ANSWER_END)}
+    stop = {t for t in firsts if agent.decode_raw([t]).strip()}
+    if agent.eos_id is not None:
+        stop.add(agent.eos_id)
+    return SpanConstraint([source_tokens(r.sources, agent.specials) for r in rows], stop)
 
 
 def _stop_kind(tail: str, answer_mode: bool) -> str | None:

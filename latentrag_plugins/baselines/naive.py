@@ -17,7 +17,7 @@ import torch
 
 from ..context import BatchedContext, greedy_generate
 from ..errors import StoreError
-from ..inference import SearchRequest, search_store
+from ..inference import SearchRequest, answer_spans, search_store
 from ..results import LatentRAGResult, Step
 from ..runtime import StageClock, check_questions, check_store
 
@@ -103,6 +103,7 @@ class NaiveRAG:
                 gens = greedy_generate(
                     ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
                     banned=sorted(ids.all - {ids.answer_end}),
+                    spans=answer_spans(m, chunks, stop),
                 )  # fmt: skip
         if was_training:
             m.train()

@@ -20,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
     p.add_argument("--max-steps", type=int, default=None, help="Most retrieval steps.")
     p.add_argument("--top-k", type=int, default=None, help="Documents per step.")
+    p.add_argument(
+        "--extractive",
+        action="store_true",
+        help="The answer quotes one span of the question and documents (`extractive_answers`).",
+    )
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     add_device_arg(p)
     add_dtype_arg(p)
@@ -34,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("question is empty: ask a non-empty question")
     model = load_model(args.model, args.device, args.dtype)
     store = load_index(args.index, model)
+    if args.extractive:
+        model.config.extractive_answers = True
     res = model.run(
         args.question,
         store,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .common import add_device_arg, add_dtype_arg, add_model_arg
 
@@ -41,6 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="LatentRAG's most retrieval steps.")
     p.add_argument("--top-k", type=int, default=None, help="Documents per retrieval.")
     p.add_argument(
+        "--extractive",
+        action="store_true",
+        help="Every method's answer quotes one span of its question and documents "
+        "(`extractive_answers`; default: as each checkpoint's config says).",
+    )
+    p.add_argument(
         "--json", metavar="OUT", default=None, help="Write the JSON report (- = stdout)."
     )
     p.add_argument("--plot", metavar="OUT.png", default=None, help="Write the stage-latency chart.")
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from .common import dtype_name, load_index, load_model, parse_dtype
+    from .common import load_index, load_model, parse_dtype
 
     baselines = parse_baselines(args.baselines)
     if args.no_latent and not baselines:
@@ -82,29 +89,33 @@ def run(args: argparse.Namespace) -> int:
     questions = read_questions(args.questions, limit=args.limit)
     model = load_model(args.model, args.device, args.dtype)
     store = load_index(args.index, model)
+    if args.extractive:
+        model.config.extractive_answers = True
     runners = {}
-    dtypes: dict[str, str] = {}
+    settings: dict[str, dict[str, Any]] = {}  # per method: dtype, extractive_answers
     if not args.no_latent:
         runners["latent"] = lambda qs: model.run_batch(
             qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k
         )
-        dtypes["latent"] = dtype_name(model.llm)
+        settings["latent"] = _settings(model)
     for kind, arg in baselines:
         if kind == "naive":
             from ..baselines.naive import NaiveRAG
 
             naive = NaiveRAG(model, top_k=args.top_k)
             runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
-            dtypes["naive"] = dtype_name(model.llm)
+            settings["naive"] = _settings(model)
         else:
             from ..baselines.explicit import ExplicitAgent
 
             agent = ExplicitAgent.from_pretrained(
                 arg, device=args.device, dtype=parse_dtype(args.explicit_dtype)
             )
+            if args.extractive:
+                agent.config.extractive_answers = True
             name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"
             runners[name] = lambda qs, a=agent: a.run_batch(qs, store, top_k=args.top_k)
-            dtypes[name] = dtype_name(agent.llm)
+            settings[name] = _settings(agent)
     records = evaluate(runners, questions, batch_size=args.batch_size)
     rep = report(
         records,
@@ -114,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         decode=args.decode,
         machine=machine_info(model.device),
-        dtypes=dtypes,
+        settings=settings,
     )
     to_stdout = args.json == "-"
     text = "\n\n".join(
@@ -142,3 +153,13 @@ def run(args: argparse.Namespace) -> int:
             rep["methods"], args.plot, title="latentrag eval: latency by stage", score_key="em"
         )
     return 0
+
+
+def _settings(method: Any) -> dict[str, Any]:
+    """What the report records about a method's run: its LLM dtype and answer mode."""
+    from .common import dtype_name
+
+    return {
+        "dtype": dtype_name(method.llm),
+        "extractive_answers": method.config.extractive_answers,
+    }
