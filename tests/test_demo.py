@@ -21,6 +21,9 @@ def test_recipe_runs_end_to_end(tmp_path):
     recipe = json.loads((tmp_path / "demo" / "recipe.json").read_text())
     assert recipe["preset"] == "test"
     assert 0 <= recipe["base_reading_em"]["all"] <= 100 and recipe["base_reading_em"]["n"] == 4
+    # Both models went through a first run and a continuation run from its checkpoint.
+    for name in ("latent-0", "latent", "explicit-0", "explicit"):
+        assert (tmp_path / "demo" / name / "train_config.json").is_file(), name
     log = (tmp_path / "demo" / "latent" / "train_log.jsonl").read_text().splitlines()
     assert log and all("loss_ret" in json.loads(x) for x in log)
 

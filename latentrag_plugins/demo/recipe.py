@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Preset:
     explicit_max_steps: int | None  # the explicit agent's cap
     more_runs: tuple[tuple[int, float], ...]  # LatentRAG: further runs, each from the last
     # checkpoint, as (steps, peak lr); seeds 1, 2, ... (other orders of the data), λ_ret as above
+    explicit_more_runs: tuple[tuple[int, float], ...]  # the same for the explicit agent
     eval_questions: int  # test questions evaluated
 
 
@@ -55,7 +58,8 @@ PRESETS = {
         base_seq_len=512, base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seeds=tuple(range(8)),
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
-        explicit_max_steps=350, more_runs=((400, 3e-4), (800, 3e-4)), eval_questions=600,
+        explicit_max_steps=350, more_runs=((400, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4)),
+        explicit_more_runs=((800, 3e-4),), eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
@@ -64,7 +68,8 @@ PRESETS = {
         base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        explicit_max_steps=3, more_runs=((2, 3e-4),), eval_questions=4,
+        explicit_max_steps=3, more_runs=((2, 3e-4),), explicit_more_runs=((2, 3e-4),),
+        eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -134,16 +139,13 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         out / "prep",
         "--calibrate-beta",
     )
-    runs = [out / f"latent-{i}" for i in range(len(p.more_runs))] + [out / "latent"]
-    cli("train", "--model", out / "init", "--data", out / "prep", "--out", runs[0],
-        "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, *train, *cap)  # fmt: skip
-    for i, (steps, lr) in enumerate(p.more_runs):
-        cli("train", "--model", runs[i], "--data", out / "prep", "--out", runs[i + 1],
-            "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret, *common, "--lr", lr,
-            "--max-steps", steps, "--seed", i + 1)  # fmt: skip
+    latent = ["--data", out / "prep", "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret]
+    _train_runs(cli, out, "latent", out / "init", [*latent, *train, *cap], p.more_runs,
+                [*latent, *common])  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
-    cli("train", "--mode", "explicit", "--model", out / "explicit-init", "--data", traj,
-        "--out", out / "explicit", *train, *explicit_cap)  # fmt: skip
+    explicit = ["--mode", "explicit", "--data", traj]
+    _train_runs(cli, out, "explicit", out / "explicit-init", [*explicit, *train, *explicit_cap],
+                p.explicit_more_runs, [*explicit, *common])  # fmt: skip
     cli("eval", "--model", out / "latent", "--index", out / "index",
         "--questions", test_q, "--limit", p.eval_questions,
         "--baselines", f"explicit:{out / 'explicit'},naive", "--json", out / "eval.json")  # fmt: skip
@@ -154,3 +156,22 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         )
     )
     return json.loads((out / "eval.json").read_text())
+
+
+def _train_runs(
+    cli: Callable[..., None],
+    out: Path,
+    name: str,
+    start: Path,
+    first: list[Any],
+    more: tuple[tuple[int, float], ...],
+    again: list[Any],
+) -> None:
+    """Train ``out/name`` from ``start`` with the ``first`` flags, then each further run of
+    ``more`` (steps, peak lr, seed 1, 2, ...) from the last checkpoint with the ``again`` flags;
+    intermediate runs are kept as ``out/name-0``, ``out/name-1``, ..."""
+    runs = [out / f"{name}-{i}" for i in range(len(more))] + [out / name]
+    cli("train", "--model", start, "--out", runs[0], *first)
+    for i, (steps, lr) in enumerate(more):
+        cli("train", "--model", runs[i], "--out", runs[i + 1], *again, "--lr", lr,
+            "--max-steps", steps, "--seed", i + 1)  # fmt: skip
