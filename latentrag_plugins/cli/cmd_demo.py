@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=100, help="Test questions for --json (default 100, 0: all)."
     )
+    p.add_argument(
+        "--extractive",
+        action="store_true",
+        help="Every method's answer quotes one span of its question and documents.",
+    )
     add_device_arg(p)
     add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
     add_dtype_arg(p, "--explicit-dtype", "the explicit agent")
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     explicit = ExplicitAgent.from_pretrained(
         "demo-explicit", device=args.device, dtype=parse_dtype(args.explicit_dtype)
     )
+    if args.extractive:
+        model.config.extractive_answers = explicit.config.extractive_answers = True
     naive = NaiveRAG(model)
     store = cached_index(model, DEMO_CORPUS)
     if args.json:
