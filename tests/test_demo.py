@@ -36,3 +36,29 @@ def test_demo_names_resolve(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="not shipped"):
         resolve_checkpoint("demo")
     assert set(DEMO_CHECKPOINTS) == {"demo", "demo-explicit"}
+
+
+@pytest.mark.slow
+def test_shipped_demo_model_answers_a_3_hop_test_question():
+    """The packaged checkpoint loads and still reasons: three latent retrievals, right answer."""
+    from latentrag_plugins import LatentRAG
+    from latentrag_plugins.demo.assets import DEMO_CORPUS, DEMO_QUESTIONS
+    from latentrag_plugins.store.corpus import read_corpus
+    from latentrag_plugins.store.faiss_store import FaissStore
+
+    q = next(
+        json.loads(line)
+        for line in DEMO_QUESTIONS.read_text().splitlines()
+        if json.loads(line)["id"] == "test-00012"
+    )
+    model = LatentRAG.from_pretrained("demo", device="cpu")
+    docs = list(read_corpus(DEMO_CORPUS))
+    # The question's three supporting passages among 60 others.
+    keep = [d for d in docs if d.id in set(q["supporting_ids"])] + docs[:60]
+    store = FaissStore.build(model.doc_tower, keep, show_progress=False)
+    res = model.run(q["question"], store, decode=True)
+    assert [s.action for s in res.steps] == ["retrieve"] * 3 + ["answer"]
+    found = {d.id for s in res.steps for d in s.docs}
+    assert set(q["supporting_ids"]) <= found
+    assert res.answer.lower() == q["golden_answers"][0].lower()
+    assert all(s.thought for s in res.steps)  # decoded thoughts for every step
