@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_dtype_arg, add_model_arg
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg, add_model_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,11 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
     p.add_argument("--max-steps", type=int, default=None, help="Most retrieval steps.")
     p.add_argument("--top-k", type=int, default=None, help="Documents per step.")
-    p.add_argument(
-        "--extractive",
-        action="store_true",
-        help="The answer quotes one span of the question and documents (`extractive_answers`).",
-    )
+    add_extractive_arg(p, "The answer")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
     add_device_arg(p)
     add_dtype_arg(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_dtype_arg
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,11 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=100, help="Test questions for --json (default 100, 0: all)."
     )
-    p.add_argument(
-        "--extractive",
-        action="store_true",
-        help="Every method's answer quotes one span of its question and documents.",
-    )
+    add_extractive_arg(p)
     add_device_arg(p)
     add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
     add_dtype_arg(p, "--explicit-dtype", "the explicit agent")

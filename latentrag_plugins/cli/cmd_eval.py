@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_device_arg, add_dtype_arg, add_model_arg
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg, add_model_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,12 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="LatentRAG's most retrieval steps.")
     p.add_argument("--top-k", type=int, default=None, help="Documents per retrieval.")
-    p.add_argument(
-        "--extractive",
-        action="store_true",
-        help="Every method's answer quotes one span of its question and documents "
-        "(`extractive_answers`; default: as each checkpoint's config says).",
-    )
+    add_extractive_arg(p)
     p.add_argument(
         "--json", metavar="OUT", default=None, help="Write the JSON report (- = stdout)."
     )

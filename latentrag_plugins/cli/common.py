@@ -23,6 +23,16 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def add_extractive_arg(p: argparse.ArgumentParser, who: str = "Every method's answer") -> None:
+    """``--extractive``: answers quote one span of their question and documents."""
+    p.add_argument(
+        "--extractive",
+        action="store_true",
+        help=f"{who} quotes one span of its question and documents (`extractive_answers`; "
+        "default: as the checkpoint's config says).",
+    )
+
+
 def add_dtype_arg(
     p: argparse.ArgumentParser, flag: str = "--dtype", what: str = "the model"
 ) -> None:
