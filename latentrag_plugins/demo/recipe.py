@@ -58,7 +58,8 @@ PRESETS = {
         base_seq_len=512, base_lr=8e-4, base_seeds=(1, 2, 3), tokenizer_seeds=tuple(range(8)),
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
-        explicit_max_steps=350, more_runs=((400, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4)),
+        explicit_max_steps=350,
+        more_runs=((400, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4)),
         explicit_more_runs=((800, 3e-4),), eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
