@@ -23,6 +23,7 @@ from .errors import StoreError
 from .extractive import SpanConstraint, source_tokens
 from .results import LatentRAGResult, RetrievedDoc, Step
 from .runtime import StageClock, check_questions, check_store
+from .tokens import special_ids
 
 if TYPE_CHECKING:
     from .model import LatentRAG
@@ -250,7 +251,7 @@ def answer_spans(
     """The extractive-answer constraint over each row's context (None unless configured)."""
     if not model.config.extractive_answers:
         return None
-    control = model.ids.all | set(model.tokenizer.all_special_ids)
+    control = model.ids.all | special_ids(model.tokenizer)
     return SpanConstraint([source_tokens(c, control) for c in contexts], stop)
 
 

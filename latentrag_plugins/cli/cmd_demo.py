@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_dtype_arg, add_extractive_arg
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg, parse_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.question is not None and not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    from .common import parse_dtype
-
     model = LatentRAG.from_pretrained("demo", device=args.device, dtype=parse_dtype(args.dtype))
     explicit = ExplicitAgent.from_pretrained(
         "demo-explicit", device=args.device, dtype=parse_dtype(args.explicit_dtype)
