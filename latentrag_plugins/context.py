@@ -59,6 +59,7 @@ class BatchedContext:
         return self._forward(embeds.to(self.embed.weight.dtype), new.to(self.device))
 
     def _forward(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        embeds, new = _pad_to_bucket(embeds, new)
         pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
         mask = torch.cat([self.mask, new], dim=1)  # (B, L + Lc)
         out = self.decoder(
@@ -87,6 +88,24 @@ class BatchedContext:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32."""
         return self.head(h).float()
+
+
+BUCKET = 32  # bfloat16/float16 CPU passes are left-padded to a multiple of this width
+
+
+def _pad_to_bucket(embeds: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad a multi-token bfloat16/float16 CPU pass to a multiple of ``BUCKET`` tokens.
+
+    oneDNN compiles a kernel for every new matrix shape, so the first pass of each width took
+    twice as long; now a few widths are compiled once. The padding is masked like any other.
+    """
+    b, width, d = embeds.shape
+    extra = -width % BUCKET
+    if width <= 1 or not extra or embeds.device.type != "cpu" or embeds.dtype == torch.float32:
+        return embeds, new
+    embeds = torch.cat([embeds.new_zeros(b, extra, d), embeds], dim=1)  # (B, Lc', d)
+    new = torch.cat([new.new_zeros(b, extra), new], dim=1)  # (B, Lc')
+    return embeds, new
 
 
 @dataclass

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from latentrag_plugins import context
 from latentrag_plugins.context import BatchedContext
 from latentrag_plugins.results import RetrievedDoc
 
@@ -81,6 +82,33 @@ def test_speculative_slots_equal_two_passes(any_model):
     torch.testing.assert_close(h1[-len(query) :], h_query, rtol=1e-4, atol=1e-5)
     pick = [m.ids.query[0], m.ids.answer]
     assert int(act1[pick].argmax()) == int(act2[pick].argmax())
+
+
+def test_bfloat16_cpu_passes_are_padded_to_a_bucket_and_padding_changes_nothing(
+    tokenizer, monkeypatch
+):
+    from conftest import make_model
+
+    m = make_model(tokenizer).to_device("cpu", torch.bfloat16)
+    first = m.prompts.question(Q) + m.prompts.think_slots()
+    second = m.prompts.query_slots() + [m.ids.answer]
+    assert len(first) % context.BUCKET and len(second) % context.BUCKET
+
+    def run() -> tuple[BatchedContext, torch.Tensor]:
+        ctx = BatchedContext(m.llm, 1, m.ids.pad)
+        ctx.feed([first])
+        h = ctx.feed([second])[0, -len(second) :]  # (L2, d), real tokens
+        return ctx, h
+
+    bucket = context.BUCKET
+    with torch.inference_mode():
+        ctx, padded = run()
+        monkeypatch.setattr(context, "BUCKET", 1)
+        plain_ctx, plain = run()
+    assert ctx.mask.shape[1] == sum(-(-len(c) // bucket) * bucket for c in (first, second))
+    assert plain_ctx.mask.shape[1] == len(first) + len(second)
+    assert int(ctx.next_pos[0]) == int(plain_ctx.next_pos[0]) == len(first) + len(second)
+    torch.testing.assert_close(padded.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_cached_steps_equal_full_reprefill(any_model, store, force):
