@@ -4,6 +4,7 @@ next to the explicit agent and naive RAG."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_device_arg, add_dtype_arg, add_extractive_arg, parse_dtype
 
@@ -130,7 +131,7 @@ def _json_report(args, model, explicit, naive, store, questions_path) -> int:  #
         "explicit": lambda qs: explicit.run_batch(qs, store),
         "naive": lambda qs: naive.run_batch(qs, store),
     }
-    records = evaluate(runners, questions)
+    records = evaluate(runners, questions, show_progress=sys.stderr.isatty())
     print_json(
         report(
             records,

@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
             name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"
             runners[name] = lambda qs, a=agent: a.run_batch(qs, store, top_k=args.top_k)
             settings[name] = _settings(agent)
-    records = evaluate(runners, questions, batch_size=args.batch_size)
+    records = evaluate(
+        runners, questions, batch_size=args.batch_size, show_progress=sys.stderr.isatty()
+    )
     rep = report(
         records,
         model=args.model,
