@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_device_arg
 
@@ -41,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
         tower = retriever_tower(
             args.retriever or "sentence-transformers/all-MiniLM-L6-v2", device=args.device
         )
-    store = FaissStore.build(tower, iter_corpus(args.corpus), batch_size=args.batch_size)
+    store = FaissStore.build(
+        tower,
+        iter_corpus(args.corpus),
+        batch_size=args.batch_size,
+        show_progress=sys.stderr.isatty(),
+    )
     store.save(args.out)
     if args.json:
         print_json(store.manifest())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_device_arg
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         calibrate=args.calibrate_beta,
         batch_size=args.batch_size,
+        show_progress=sys.stderr.isatty(),
         source=str(args.trajectories),
     )
     data.save(args.out)

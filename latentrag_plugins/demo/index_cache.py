@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
             return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
         except StoreError:
             pass  # a corrupt cache: rebuild it
-    store = FaissStore.build(model, iter_corpus(corpus), batch_size=128)
+    store = FaissStore.build(
+        model, iter_corpus(corpus), batch_size=128, show_progress=sys.stderr.isatty()
+    )
     store.save(path)
     return store
