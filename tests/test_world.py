@@ -302,3 +302,32 @@ def test_cli_smoke(tmp_path, capsys):
                  "lexical", "--json"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert summary["search"] == "lexical" and summary["questions"]["test"]["total"] == 40
+
+
+def test_renamed_copy_changes_every_name_and_keeps_the_facts(out, tmp_path):
+    from latentrag_plugins.world.renaming import write_renamed_copy
+
+    counts = write_renamed_copy(out, out / "trajectories.jsonl", tmp_path / "r", seed=5)
+    ents = _read_jsonl(out / "entities.jsonl")
+    corpus, renamed = (
+        _read_jsonl(out / "corpus.jsonl"),
+        _read_jsonl(tmp_path / "r" / "corpus.jsonl"),
+    )
+    trajs = _read_jsonl(out / "trajectories.jsonl")
+    new_trajs = _read_jsonl(tmp_path / "r" / "trajectories.jsonl")
+    assert counts == {"names": len(ents), "documents": len(corpus), "trajectories": len(trajs)}
+    assert [d["id"] for d in renamed] == ["r5-" + d["id"] for d in corpus]
+    text = "\n".join(d["contents"] for d in renamed)
+    assert not [e["name"] for e in ents if _has(text, e["name"])]
+    # Same facts: each renamed answer sits in the renamed documents where the old one sat.
+    for old, new in zip(trajs, new_trajs):
+        assert new["id"] == "r5-" + old["id"] and len(new["steps"]) == len(old["steps"])
+        docs = " ".join(d["contents"] for s in old["steps"] for d in s["documents"])
+        new_docs = " ".join(d["contents"] for s in new["steps"] for d in s["documents"])
+        for a, b in zip(old["answers"], new["answers"]):
+            assert (a in docs) == (b in new_docs)
+    again = write_renamed_copy(out, out / "trajectories.jsonl", tmp_path / "again", seed=5)
+    assert again == counts
+    assert (tmp_path / "again" / "corpus.jsonl").read_text() == (
+        tmp_path / "r" / "corpus.jsonl"
+    ).read_text()

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io_utils import write_text_atomic
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -47,6 +49,9 @@ class Preset:
     more_runs: tuple[tuple[int, float], ...]  # LatentRAG: further runs, each from the last
     # checkpoint, as (steps, peak lr); seeds 1, 2, ... (other orders of the data), λ_ret as above
     explicit_more_runs: tuple[tuple[int, float], ...]  # the same for the explicit agent
+    renamed_copies: int  # renamed copies of the world (world/renaming.py; seeds 1, 2, ...)
+    renamed_runs: int  # how many of the last ``more_runs`` train on the world plus those copies
+    explicit_renamed_runs: int  # the same for the last ``explicit_more_runs``
     eval_questions: int  # test questions evaluated
 
 
@@ -59,8 +64,9 @@ PRESETS = {
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
         explicit_max_steps=350,
-        more_runs=((400, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4), (800, 3e-4)),
-        explicit_more_runs=((800, 3e-4),), eval_questions=600,
+        more_runs=((400, 3e-4), *((800, 3e-4),) * 6),
+        explicit_more_runs=((800, 3e-4), (800, 3e-4)), renamed_copies=2, renamed_runs=2,
+        explicit_renamed_runs=1, eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
@@ -69,8 +75,9 @@ PRESETS = {
         base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        explicit_max_steps=3, more_runs=((2, 3e-4),), explicit_more_runs=((2, 3e-4),),
-        eval_questions=4,
+        explicit_max_steps=3, more_runs=((2, 3e-4), (2, 3e-4)),
+        explicit_more_runs=((2, 3e-4), (2, 3e-4)),
+        renamed_copies=1, renamed_runs=1, explicit_renamed_runs=1, eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -140,13 +147,23 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         out / "prep",
         "--calibrate-beta",
     )
-    latent = ["--data", out / "prep", "--query-tower-layers", 1, "--lambda-ret", p.lambda_ret]
-    _train_runs(cli, out, "latent", out / "init", [*latent, *train, *cap], p.more_runs,
-                [*latent, *common])  # fmt: skip
+    latent = ["--query-tower-layers", 1, "--lambda-ret", p.lambda_ret]
+    plain = [*latent, "--data", out / "prep"]
+    renamed_traj, renamed_prep = traj, out / "prep"
+    if p.renamed_runs or p.explicit_renamed_runs:
+        renamed_traj, renamed_prep = _renamed_data(cli, out, world, traj, p.renamed_copies)
+    latent_more = _more_runs(
+        p.more_runs, p.renamed_runs, [*plain, *common], [*latent, "--data", renamed_prep, *common]
+    )
+    _train_runs(cli, out, "latent", out / "init", [*plain, *train, *cap], latent_more)
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     explicit = ["--mode", "explicit", "--data", traj]
+    explicit_more = _more_runs(
+        p.explicit_more_runs, p.explicit_renamed_runs, [*explicit, *common],
+        ["--mode", "explicit", "--data", renamed_traj, *common],
+    )  # fmt: skip
     _train_runs(cli, out, "explicit", out / "explicit-init", [*explicit, *train, *explicit_cap],
-                p.explicit_more_runs, [*explicit, *common])  # fmt: skip
+                explicit_more)  # fmt: skip
     cli("eval", "--model", out / "latent", "--index", out / "index",
         "--questions", test_q, "--limit", p.eval_questions,
         "--baselines", f"explicit:{out / 'explicit'},naive", "--json", out / "eval.json")  # fmt: skip
@@ -159,20 +176,48 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     return json.loads((out / "eval.json").read_text())
 
 
+def _more_runs(
+    runs: tuple[tuple[int, float], ...], renamed: int, flags: list[Any], renamed_flags: list[Any]
+) -> list[tuple[int, float, list[Any]]]:
+    """``(steps, lr, flags)`` of each further run: the last ``renamed`` get ``renamed_flags``."""
+    first = len(runs) - renamed
+    return [(n, lr, flags if i < first else renamed_flags) for i, (n, lr) in enumerate(runs)]
+
+
+def _renamed_data(
+    cli: Callable[..., None], out: Path, world: Path, traj: Path, copies: int
+) -> tuple[Path, Path]:
+    """The trajectories plus ``copies`` renamed copies of them, and their prepared data (retrieved
+    from the world's corpus plus its renamed copies, at the calibrated β of ``out/prep``)."""
+    from ..world.renaming import write_renamed_copy
+
+    corpus, trajs = [world / "corpus.jsonl"], [traj]
+    for seed in range(1, copies + 1):
+        write_renamed_copy(world, traj, out / f"renamed-{seed}", seed)
+        corpus.append(out / f"renamed-{seed}" / "corpus.jsonl")
+        trajs.append(out / f"renamed-{seed}" / "trajectories.jsonl")
+    for name, parts in (("corpus-renamed.jsonl", corpus), ("trajectories-renamed.jsonl", trajs)):
+        write_text_atomic(out / name, "".join(f.read_text(encoding="utf-8") for f in parts))
+    cli("index", out / "corpus-renamed.jsonl", out / "index-renamed", "--model", out / "init")
+    beta = json.loads((out / "prep" / "manifest.json").read_text())["beta"]
+    cli("prepare", "--model", out / "init", "--index", out / "index-renamed",
+        out / "trajectories-renamed.jsonl", out / "prep-renamed", "--beta", beta)  # fmt: skip
+    return out / "trajectories-renamed.jsonl", out / "prep-renamed"
+
+
 def _train_runs(
     cli: Callable[..., None],
     out: Path,
     name: str,
     start: Path,
     first: list[Any],
-    more: tuple[tuple[int, float], ...],
-    again: list[Any],
+    more: list[tuple[int, float, list[Any]]],
 ) -> None:
     """Train ``out/name`` from ``start`` with the ``first`` flags, then each further run of
-    ``more`` (steps, peak lr, seed 1, 2, ...) from the last checkpoint with the ``again`` flags;
-    intermediate runs are kept as ``out/name-0``, ``out/name-1``, ..."""
+    ``more`` (steps, peak lr, flags; seeds 1, 2, ...) from the last checkpoint; intermediate
+    runs are kept as ``out/name-0``, ``out/name-1``, ..."""
     runs = [out / f"{name}-{i}" for i in range(len(more))] + [out / name]
     cli("train", "--model", start, "--out", runs[0], *first)
-    for i, (steps, lr) in enumerate(more):
-        cli("train", "--model", runs[i], "--out", runs[i + 1], *again, "--lr", lr,
+    for i, (steps, lr, flags) in enumerate(more):
+        cli("train", "--model", runs[i], "--out", runs[i + 1], *flags, "--lr", lr,
             "--max-steps", steps, "--seed", i + 1)  # fmt: skip

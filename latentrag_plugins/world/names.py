@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 
 _ONSETS: tuple[str, ...] = (
     "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
@@ -65,9 +66,13 @@ class NameGenerator:
     Args:
         rng: The random generator to draw from (the caller seeds it).
         first_names: Size of each (feminine/masculine) pool of reusable given names.
+        avoid: Names never to produce; none of their words starts a surname or a new word
+            either (given names come from the pools, which it does not change).
     """
 
-    def __init__(self, rng: random.Random, first_names: int = 120) -> None:
+    def __init__(
+        self, rng: random.Random, first_names: int = 120, avoid: Iterable[str] = ()
+    ) -> None:
         self.rng = rng
         self._used_words: set[str] = {w.lower() for w in ADJECTIVES + NOUNS} | set(_BLOCKLIST)
         for suffixes in _ORG_SUFFIXES.values():
@@ -81,6 +86,10 @@ class NameGenerator:
             "f": [self.word(1, 2, ending="a", min_len=3) for _ in range(first_names)],
             "m": [self.word(1, 2, ending="n", min_len=3) for _ in range(first_names)],
         }
+        # After the given-name pools, so that avoiding names leaves them as they were.
+        avoid = list(avoid)
+        self._used_names.update(avoid)
+        self._used_words.update(w.lower() for name in avoid for w in name.split())
 
     def _syllable(self) -> str:
         return self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
