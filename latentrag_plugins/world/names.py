@@ -66,8 +66,8 @@ class NameGenerator:
     Args:
         rng: The random generator to draw from (the caller seeds it).
         first_names: Size of each (feminine/masculine) pool of reusable given names.
-        avoid: Names never to produce; none of their words starts a surname or a new word
-            either (given names come from the pools, which it does not change).
+        avoid: Names never to produce; no new invented word repeats one of their words (the
+            given-name pools are drawn first, unaffected, so a given name may).
     """
 
     def __init__(
