@@ -9,6 +9,7 @@ import torch
 from latentrag_plugins import context
 from latentrag_plugins.context import BatchedContext
 from latentrag_plugins.results import RetrievedDoc
+from tests.conftest import make_model
 
 Q = "In which country was Marie Curie born?"
 
@@ -87,8 +88,6 @@ def test_speculative_slots_equal_two_passes(any_model):
 def test_bfloat16_cpu_passes_are_padded_to_a_bucket_and_padding_changes_nothing(
     tokenizer, monkeypatch
 ):
-    from conftest import make_model
-
     m = make_model(tokenizer).to_device("cpu", torch.bfloat16)
     first = m.prompts.question(Q) + m.prompts.think_slots()
     second = m.prompts.query_slots() + [m.ids.answer]
