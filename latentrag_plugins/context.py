@@ -39,8 +39,14 @@ class BatchedContext:
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
         self.passes = 0
 
-    def feed(self, chunks: list[list[int]]) -> torch.Tensor:
+    def feed(self, chunks: list[list[int]], branch: int = 0) -> torch.Tensor:
         """Feed one list of token ids per row (empty: nothing for that row) in one forward pass.
+
+        Args:
+            chunks: Token ids per row.
+            branch: If positive, each row's last token is a branch: it skips the ``branch``
+                tokens before it, in attention and in position, as if they were not there.
+                Check :attr:`can_branch` first.
 
         Returns:
             Last-layer hidden states ``(B, Lc, d)``; each row's real tokens are right-aligned.
@@ -52,19 +58,28 @@ class BatchedContext:
         new = torch.tensor(
             [[0] * (width - len(c)) + [1] * len(c) for c in chunks], device=self.device
         )  # (B, Lc)
-        return self._forward(self.embed(ids), new)
+        return self._forward(self.embed(ids), new, branch)
 
     def feed_embeds(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Feed input embeddings ``(B, Lc, d)`` with real-token mask ``new (B, Lc)`` (left-padded)."""
         return self._forward(embeds.to(self.embed.weight.dtype), new.to(self.device))
 
-    def _forward(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    @property
+    def can_branch(self) -> bool:
+        """Whether the LLM's attention takes the custom masks that :meth:`feed` branches need."""
+        return getattr(self.decoder.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+    def _forward(self, embeds: torch.Tensor, new: torch.Tensor, branch: int = 0) -> torch.Tensor:
         embeds, new = _pad_to_bucket(embeds, new)
         pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
         mask = torch.cat([self.mask, new], dim=1)  # (B, L + Lc)
+        attn = mask
+        if branch > 0:
+            pos[:, -1] = (pos[:, -1] - branch).clamp(min=0)
+            attn = self._branch_mask(mask, new.shape[1], branch)  # (B, 1, Lc, L + Lc)
         out = self.decoder(
             inputs_embeds=embeds,
-            attention_mask=mask,
+            attention_mask=attn,
             position_ids=pos,
             past_key_values=self.cache,
             use_cache=True,
@@ -74,15 +89,41 @@ class BatchedContext:
         self.passes += 1
         return out.last_hidden_state
 
-    def drop_last(self, n: int, rows: list[int]) -> None:
-        """Forget the last ``n`` fed positions of ``rows`` (crop if all rows, else mask)."""
+    def _branch_mask(self, mask: torch.Tensor, width: int, branch: int) -> torch.Tensor:
+        """The 4D attention mask of a pass whose last token skips the ``branch`` before it."""
+        total = mask.shape[1]
+        q = torch.arange(total - width, total, device=self.device)[:, None]  # (Lc, 1)
+        k = torch.arange(total, device=self.device)[None, :]  # (1, L + Lc)
+        seen = (k <= q) & mask.bool()[:, None, :]  # (B, Lc, L + Lc)
+        seen[:, -1, total - 1 - branch : total - 1] = False
+        seen |= k == q  # every query sees itself, so padding rows never attend to nothing
+        if self.decoder.config._attn_implementation == "sdpa":
+            return seen[:, None]
+        dtype = self.embed.weight.dtype
+        bias = torch.zeros(seen.shape, dtype=dtype, device=self.device)
+        return bias.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+
+    def drop_last(self, n: int, rows: list[int], keep: int = 0) -> None:
+        """Forget ``n`` fed positions of ``rows``, ending ``keep`` positions before the last one
+        (cut from the cache if all rows forget them, else masked)."""
         if not rows or n <= 0:
             return
-        if len(rows) == self.batch:
-            self.cache.crop(-n)  # negative: remove n tokens (transformers 4 and 5)
-            self.mask = self.mask[:, :-n]
+        end = self.mask.shape[1] - keep
+        layers = getattr(self.cache, "layers", None)
+        if len(rows) == self.batch and (keep == 0 or layers is not None):
+            if keep == 0:
+                self.cache.crop(-n)  # negative: remove n tokens (transformers 4 and 5)
+            else:
+                for layer in layers:
+                    layer.keys = torch.cat(
+                        [layer.keys[..., : end - n, :], layer.keys[..., end:, :]], -2
+                    )
+                    layer.values = torch.cat(
+                        [layer.values[..., : end - n, :], layer.values[..., end:, :]], -2
+                    )
+            self.mask = torch.cat([self.mask[:, : end - n], self.mask[:, end:]], dim=1)
         else:
-            self.mask[rows, -n:] = 0
+            self.mask[rows, end - n : end] = 0
         self.next_pos[rows] -= n
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

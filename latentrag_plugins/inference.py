@@ -1,9 +1,12 @@
 """The LatentRAG inference loop: one LLM forward pass per latent step, KV cache reused.
 
-Per step, every active question feeds ``[new docs] <think_1..m> <query_1..n>`` in one pass
-(speculative query slots, DESIGN §3). Attention is causal, so the thought states and the action
-read at ``<think_m>`` do not see the query slots. If the action is ``<answer>``, the query slots
-are cropped from the cache (or masked out, when other questions in the batch go on).
+Per step, every active question feeds ``[new docs] <think_1..m> <query_1..n> <answer>`` in one
+pass (speculative query slots, DESIGN §3). Attention is causal, so the thought states and the
+action read at ``<think_m>`` do not see the query slots. ``<answer>`` is a branch that skips the
+query slots (attention mask and position), so it equals an ``<answer>`` fed after cropping them.
+If the action is ``<answer>``, the query slots are cut from the cache (or masked out, when other
+questions in the batch go on) and the branch's logits start the answer; else the branch is
+dropped. One pass per step, answer included.
 
 The loop is a generator: it yields :class:`SearchRequest` objects and receives the documents, so
 sync stores, async stores (LangChain, LlamaIndex) and batched stores all drive the same code.
@@ -122,7 +125,9 @@ def latent_loop(
     ctx = BatchedContext(model.llm, batch, ids.pad)
     was_training = model.training
     model.eval()
-    merged_logits: torch.Tensor | None = None  # (B, V) first-answer-token logits, forced step
+    # <answer> rides in every step's pass: after the query slots, as a branch that skips them.
+    branch = generate_answer and ctx.can_branch
+    answer_logits: torch.Tensor | None = None  # (B, V) first answer token, rows with answer_fed
 
     for step in range(max_steps + 1):
         live = [i for i, r in enumerate(rows) if not r.answering]
@@ -131,16 +136,20 @@ def latent_loop(
         speculative = step < max_steps  # feed query slots only if a retrieval is allowed
         # At the forced last step the action is known: <answer> joins the same pass.
         merge = not speculative and generate_answer
+        spec_answer = speculative and branch
         tail = model.prompts.query_slots() if speculative else [ids.answer] if merge else []
+        tail += [ids.answer] if spec_answer else []
         slots = model.prompts.think_slots() + tail
         chunks = [rows[i].pending + slots if i in live else [] for i in range(batch)]
         with clock.stage("prefill" if step == 0 else "reasoning"), torch.inference_mode():
-            hidden = ctx.feed(chunks)  # (B, Lc, d)
+            hidden = ctx.feed(chunks, branch=n if spec_answer else 0)  # (B, Lc, d)
             h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
-            h_query = hidden[:, -n:] if speculative else None  # (B, n, d)
+            h_query = hidden[:, m - len(slots) :][:, :n] if speculative else None  # (B, n, d)
             act = ctx.logits(h_think[:, -1])  # (B, V)
-            if merge:
-                merged_logits = ctx.logits(hidden[:, -1])  # (B, V)
+            if merge or spec_answer:
+                fed = ctx.logits(hidden[:, -1])  # (B, V)
+                answer_logits = fed if answer_logits is None else answer_logits
+                answer_logits[live] = fed[live]
             wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
             if step < min_steps:
                 wants = [True] * batch
@@ -150,7 +159,6 @@ def latent_loop(
             r.input_tokens += len(chunks[i])
             r.token_ids += chunks[i]
             r.pending = []
-            r.answer_fed = merge
             lat = {"think": h_think[i]}
             if (
                 speculative
@@ -160,15 +168,22 @@ def latent_loop(
                 lat["query"] = h_query[i]
             else:
                 r.answering = True
+                r.answer_fed = merge or spec_answer
                 r.steps.append(Step(index=step, action="answer", forced=bool(wants[i])))
             r.latents.append(lat)
+        searching = [i for i in live if not rows[i].answering]
         if speculative:
             answering_now = [i for i in live if rows[i].answering]
+            keep = int(spec_answer)  # the <answer> branch after the query slots
             with torch.inference_mode():
-                ctx.drop_last(n, answering_now)
+                ctx.drop_last(n, answering_now, keep=keep)
+                ctx.drop_last(keep, searching)
             for i in answering_now:
-                del rows[i].token_ids[-n:]
-        searching = [i for i in live if not rows[i].answering]
+                del rows[i].token_ids[
+                    len(rows[i].token_ids) - n - keep : len(rows[i].token_ids) - keep
+                ]
+            for i in searching:
+                del rows[i].token_ids[len(rows[i].token_ids) - keep :]
         if not searching:
             continue
         with clock.stage("reasoning"), torch.inference_mode():
@@ -197,7 +212,7 @@ def latent_loop(
             # Feed <answer> (the chosen action) where it is not fed yet, then decode greedily
             # up to </answer> or EOS.
             need = [[] if r.answer_fed else [ids.answer] for r in rows]
-            first = merged_logits
+            first = answer_logits
             if any(need):
                 fed = ctx.logits(ctx.feed(need)[:, -1])  # (B, V)
                 if first is None:

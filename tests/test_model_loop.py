@@ -58,8 +58,8 @@ def test_answer_action_uses_one_pass_and_crops_query_slots(any_model, store, for
     assert [s.action for s in res.steps] == ["answer"]
     assert not res.steps[0].forced
     assert len([n for n in counter.lengths if n > 1]) == 1
-    # One step pass, one pass feeding <answer> after cropping, then one per answer token.
-    assert res.forward_passes == 1 + 1 + (res.output_tokens - 1)
+    # <answer> rides in the step pass as a branch past the query slots; then one pass per token.
+    assert res.forward_passes == 1 + (res.output_tokens - 1)
     # The cropped query slots are gone from the context the answer saw.
     assert not set(any_model.ids.query) & set(res._token_ids)
 
@@ -246,7 +246,8 @@ def test_timings_and_counts(model, store, force):
     assert t.total >= t.prefill + t.reasoning + t.answer
     ids = res._token_ids
     generated = len(ids) - ids.index(model.ids.answer) - 1  # answer tokens kept in the context
-    assert res.input_tokens == len(ids) - generated
+    # + the <answer> branch fed beside step 0's query slots, then dropped (it retrieved)
+    assert res.input_tokens == len(ids) - generated + 1
     assert res.output_tokens in (generated, generated + 1)  # + the stop token, if one was hit
 
 
@@ -269,6 +270,41 @@ def test_batched_run_equals_one_by_one(any_model, store, force):
         for lb, ls in zip(b._latents, s._latents):
             torch.testing.assert_close(lb["think"], ls["think"], rtol=1e-3, atol=1e-4)
     assert len({len(r.steps) for r in batched}) > 1, "questions should finish at different steps"
+
+
+QS = [
+    Q,
+    "Which river flows through the birthplace of Albert Einstein, the physicist?",
+    "Who?",
+    "What is the capital of the country where Alfred Nobel was born?",
+]
+
+
+@pytest.mark.parametrize("attention", ["default", "eager"])
+def test_answer_branch_equals_a_separate_answer_pass(
+    any_model, tokenizer, store, force, monkeypatch, attention
+):
+    m = any_model
+    if attention == "eager":
+        m = make_model(tokenizer)
+        m.llm.set_attn_implementation("eager")
+    assert BatchedContext(m.llm, 1, m.ids.pad).can_branch
+    with force(m, "hidden"):
+        branched = m.run_batch(QS, store, max_steps=3)
+        single = m.run(QS[1], store, max_steps=3)
+        monkeypatch.setattr(BatchedContext, "can_branch", property(lambda self: False))
+        separate = m.run_batch(QS, store, max_steps=3)
+        separate_single = m.run(QS[1], store, max_steps=3)
+    pairs = [*zip(branched, separate), (single, separate_single)]
+    for b, s in pairs:
+        assert [x.action for x in b.steps] == [x.action for x in s.steps]
+        assert [[d.id for d in x.docs] for x in b.steps] == [
+            [d.id for d in x.docs] for x in s.steps
+        ]
+        assert b._token_ids == s._token_ids and b.answer == s.answer
+        # A chosen answer saves the pass that fed <answer> alone; a forced one merged it already.
+        assert s.forward_passes - b.forward_passes == (0 if b.steps[-1].forced else 1)
+    assert len({len(r.steps) for r in branched}) > 1, "questions should finish at different steps"
 
 
 def test_bad_questions_and_empty_store(model, store):

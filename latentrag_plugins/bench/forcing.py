@@ -87,9 +87,11 @@ class LatentForcer:
             return
         last = ids[:, -1].tolist()
         if any(i == self.ids.answer for i in last):  # <answer> fed: answer generation starts
-            # At a step forced by max_steps, <answer> follows the thought slots in the same pass:
-            # the action read comes first, then the first answer token.
-            merged = ids.shape[1] > 1 and self.ids.think[-1] in ids[:, -2].tolist()
+            # In a step's pass, <answer> follows the slots (a branch after the query slots, or
+            # right after the thought slots when max_steps forces the answer): the action read
+            # comes first, then the first answer token (used only if the row answers).
+            before = ids[:, -2].tolist() if ids.shape[1] > 1 else []
+            merged = any(i in self._step_ends for i in before)
             self.phase, self.t = ("reason_then_answer" if merged else "answer"), 0
         elif any(i in self._step_ends for i in last):  # a step's slots: the action read follows
             self.phase = "reason"
