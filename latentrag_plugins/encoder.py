@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import fast_bert
 from .config import DEFAULT_RETRIEVER, Pooling
 from .errors import CheckpointError
 
@@ -176,10 +177,22 @@ class EncoderTower(nn.Module):
     def _finish(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
 
+    def _hidden(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``(B, L, d)`` of word embeddings ``(B, L, d_in)``."""
+        if fast_bert.supports(self.encoder):
+            return fast_bert.bert_forward(self.encoder, embeds, mask)
+        return self.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
     def forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``(B, L)`` -> ``(B, dim)`` float32."""
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        return self._finish(pool(out.last_hidden_state, attention_mask, self.pooling))
+        if fast_bert.supports(self.encoder):
+            embeds = self.encoder.get_input_embeddings()(input_ids)  # (B, L, d_in)
+            hidden = fast_bert.bert_forward(self.encoder, embeds, attention_mask)
+        else:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+        return self._finish(pool(hidden, attention_mask, self.pooling))
 
     def forward_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
         """Embed input embeddings ``(B, n, input_dim)`` (framed by the tokenizer's special tokens)
@@ -196,8 +209,7 @@ class EncoderTower(nn.Module):
             parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, s, d_in)
         x = torch.cat(parts, dim=1)  # (B, p + n + s, d_in)
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        out = self.encoder(inputs_embeds=x, attention_mask=mask)
-        return self._finish(pool(out.last_hidden_state, mask, self.pooling))
+        return self._finish(pool(self._hidden(x, mask), mask, self.pooling))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize texts for this encoder (padded, truncated), on the tower's device."""

@@ -146,10 +146,6 @@ def latent_loop(
             h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
             h_query = hidden[:, m - len(slots) :][:, :n] if speculative else None  # (B, n, d)
             act = ctx.logits(h_think[:, -1])  # (B, V)
-            if merge or spec_answer:
-                fed = ctx.logits(hidden[:, -1])  # (B, V)
-                answer_logits = fed if answer_logits is None else answer_logits
-                answer_logits[live] = fed[live]
             wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
             if step < min_steps:
                 wants = [True] * batch
@@ -172,12 +168,17 @@ def latent_loop(
                 r.steps.append(Step(index=step, action="answer", forced=bool(wants[i])))
             r.latents.append(lat)
         searching = [i for i in live if not rows[i].answering]
-        if speculative:
-            answering_now = [i for i in live if rows[i].answering]
-            keep = int(spec_answer)  # the <answer> branch after the query slots
-            with torch.inference_mode():
+        answering_now = [i for i in live if rows[i].answering]
+        keep = int(spec_answer)  # the <answer> branch after the query slots
+        with clock.stage("prefill" if step == 0 else "reasoning"), torch.inference_mode():
+            if answering_now and (merge or spec_answer):
+                fed = ctx.logits(hidden[:, -1])  # (B, V), at the fed <answer>
+                answer_logits = fed if answer_logits is None else answer_logits
+                answer_logits[answering_now] = fed[answering_now]
+            if speculative:
                 ctx.drop_last(n, answering_now, keep=keep)
                 ctx.drop_last(keep, searching)
+        if speculative:
             for i in answering_now:
                 del rows[i].token_ids[
                     len(rows[i].token_ids) - n - keep : len(rows[i].token_ids) - keep
