@@ -22,18 +22,19 @@ def test_recipe_runs_end_to_end(tmp_path):
     assert recipe["preset"] == "test"
     assert 0 <= recipe["base_reading_em"]["all"] <= 100 and recipe["base_reading_em"]["n"] == 4
     # Both models went through a first run and continuation runs from its checkpoint; the last
-    # run of each trained on the world plus a renamed copy of it.
+    # run of LatentRAG trained on the world plus one renamed copy, the explicit agent's on two.
     for name in ("latent-0", "latent-1", "latent", "explicit-0", "explicit-1", "explicit"):
         assert (tmp_path / "demo" / name / "train_config.json").is_file(), name
     prep = json.loads((tmp_path / "demo" / "prep" / "manifest.json").read_text())
-    renamed = json.loads((tmp_path / "demo" / "prep-renamed" / "manifest.json").read_text())
+    renamed = json.loads((tmp_path / "demo" / "prep-renamed-1" / "manifest.json").read_text())
     assert renamed["trajectories"] == 2 * prep["trajectories"] and renamed["beta"] == prep["beta"]
+    assert not (tmp_path / "demo" / "prep-renamed-2").exists()  # the explicit agent needs none
     examples = {
         name: json.loads((tmp_path / "demo" / name / "summary.json").read_text())["examples"]
         for name in ("latent-1", "latent", "explicit-1", "explicit")
     }
     assert examples["latent"] == 2 * examples["latent-1"] > 0
-    assert examples["explicit"] == 2 * examples["explicit-1"] > 0
+    assert examples["explicit"] == 3 * examples["explicit-1"] > 0
     log = (tmp_path / "demo" / "latent" / "train_log.jsonl").read_text().splitlines()
     assert log and all("loss_ret" in json.loads(x) for x in log)
 

@@ -46,12 +46,11 @@ class Preset:
     lambda_ret: float  # weight of L_ret (see docs/demo-model.md for why not the paper's 1)
     max_steps: int | None  # LatentRAG: cap on training steps (None: epochs decide)
     explicit_max_steps: int | None  # the explicit agent's cap
-    more_runs: tuple[tuple[int, float], ...]  # LatentRAG: further runs, each from the last
-    # checkpoint, as (steps, peak lr); seeds 1, 2, ... (other orders of the data), λ_ret as above
-    explicit_more_runs: tuple[tuple[int, float], ...]  # the same for the explicit agent
-    renamed_copies: int  # renamed copies of the world (world/renaming.py; seeds 1, 2, ...)
-    renamed_runs: int  # how many of the last ``more_runs`` train on the world plus those copies
-    explicit_renamed_runs: int  # the same for the last ``explicit_more_runs``
+    more_runs: tuple[tuple[int, float, int], ...]  # LatentRAG: further runs, each from the last
+    # checkpoint, as (steps, peak lr, renamed copies): seeds 1, 2, ... (other orders of the
+    # data), λ_ret as above; their data is the world's trajectories plus that many renamed
+    # copies of the world (world/renaming.py, copy seeds 1, 2, ...; 0: none)
+    explicit_more_runs: tuple[tuple[int, float, int], ...]  # the same for the explicit agent
     eval_questions: int  # test questions evaluated
 
 
@@ -64,9 +63,9 @@ PRESETS = {
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
         explicit_max_steps=350,
-        more_runs=((400, 3e-4), *((800, 3e-4),) * 6),
-        explicit_more_runs=((800, 3e-4), (800, 3e-4)), renamed_copies=2, renamed_runs=2,
-        explicit_renamed_runs=1, eval_questions=600,
+        more_runs=((400, 3e-4, 0), *((800, 3e-4, 0),) * 4, (800, 3e-4, 2), (800, 3e-4, 2),
+                   (800, 3e-4, 6)),
+        explicit_more_runs=((800, 3e-4, 0), (800, 3e-4, 2), (800, 3e-4, 6)), eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
@@ -75,9 +74,8 @@ PRESETS = {
         base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        explicit_max_steps=3, more_runs=((2, 3e-4), (2, 3e-4)),
-        explicit_more_runs=((2, 3e-4), (2, 3e-4)),
-        renamed_copies=1, renamed_runs=1, explicit_renamed_runs=1, eval_questions=4,
+        explicit_max_steps=3, more_runs=((2, 3e-4, 0), (2, 3e-4, 1)),
+        explicit_more_runs=((2, 3e-4, 0), (2, 3e-4, 2)), eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -148,21 +146,20 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         "--calibrate-beta",
     )
     latent = ["--query-tower-layers", 1, "--lambda-ret", p.lambda_ret]
-    plain = [*latent, "--data", out / "prep"]
-    renamed_traj, renamed_prep = traj, out / "prep"
-    if p.renamed_runs or p.explicit_renamed_runs:
-        renamed_traj, renamed_prep = _renamed_data(cli, out, world, traj, p.renamed_copies)
-    latent_more = _more_runs(
-        p.more_runs, p.renamed_runs, [*plain, *common], [*latent, "--data", renamed_prep, *common]
-    )
-    _train_runs(cli, out, "latent", out / "init", [*plain, *train, *cap], latent_more)
+    data = {0: (traj, out / "prep")}  # renamed copies -> (trajectories, prepared data)
+    latent_copies = {c for *_, c in p.more_runs}
+    for c in sorted({*latent_copies, *(c for *_, c in p.explicit_more_runs)} - {0}):
+        data[c] = _renamed_data(cli, out, world, traj, c, prepare=c in latent_copies)
+    latent_more = [(n, lr, [*latent, "--data", data[c][1], *common]) for n, lr, c in p.more_runs]
+    _train_runs(cli, out, "latent", out / "init",
+                [*latent, "--data", out / "prep", *train, *cap], latent_more)  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
-    explicit = ["--mode", "explicit", "--data", traj]
-    explicit_more = _more_runs(
-        p.explicit_more_runs, p.explicit_renamed_runs, [*explicit, *common],
-        ["--mode", "explicit", "--data", renamed_traj, *common],
-    )  # fmt: skip
-    _train_runs(cli, out, "explicit", out / "explicit-init", [*explicit, *train, *explicit_cap],
+    explicit_more = [
+        (n, lr, ["--mode", "explicit", "--data", data[c][0], *common])
+        for n, lr, c in p.explicit_more_runs
+    ]
+    _train_runs(cli, out, "explicit", out / "explicit-init",
+                ["--mode", "explicit", "--data", traj, *train, *explicit_cap],
                 explicit_more)  # fmt: skip
     cli("eval", "--model", out / "latent", "--index", out / "index",
         "--questions", test_q, "--limit", p.eval_questions,
@@ -176,33 +173,32 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     return json.loads((out / "eval.json").read_text())
 
 
-def _more_runs(
-    runs: tuple[tuple[int, float], ...], renamed: int, flags: list[Any], renamed_flags: list[Any]
-) -> list[tuple[int, float, list[Any]]]:
-    """``(steps, lr, flags)`` of each further run: the last ``renamed`` get ``renamed_flags``."""
-    first = len(runs) - renamed
-    return [(n, lr, flags if i < first else renamed_flags) for i, (n, lr) in enumerate(runs)]
-
-
 def _renamed_data(
-    cli: Callable[..., None], out: Path, world: Path, traj: Path, copies: int
+    cli: Callable[..., None], out: Path, world: Path, traj: Path, copies: int, *, prepare: bool
 ) -> tuple[Path, Path]:
-    """The trajectories plus ``copies`` renamed copies of them, and their prepared data (retrieved
-    from the world's corpus plus its renamed copies, at the calibrated β of ``out/prep``)."""
+    """The trajectories plus ``copies`` renamed copies of them and, if ``prepare``, their prepared
+    data (retrieved from the world's corpus plus its renamed copies, at the calibrated β of
+    ``out/prep``)."""
     from ..world.renaming import write_renamed_copy
 
     corpus, trajs = [world / "corpus.jsonl"], [traj]
     for seed in range(1, copies + 1):
-        write_renamed_copy(world, traj, out / f"renamed-{seed}", seed)
+        if not (out / f"renamed-{seed}" / "trajectories.jsonl").is_file():
+            write_renamed_copy(world, traj, out / f"renamed-{seed}", seed)
         corpus.append(out / f"renamed-{seed}" / "corpus.jsonl")
         trajs.append(out / f"renamed-{seed}" / "trajectories.jsonl")
-    for name, parts in (("corpus-renamed.jsonl", corpus), ("trajectories-renamed.jsonl", trajs)):
-        write_text_atomic(out / name, "".join(f.read_text(encoding="utf-8") for f in parts))
-    cli("index", out / "corpus-renamed.jsonl", out / "index-renamed", "--model", out / "init")
-    beta = json.loads((out / "prep" / "manifest.json").read_text())["beta"]
-    cli("prepare", "--model", out / "init", "--index", out / "index-renamed",
-        out / "trajectories-renamed.jsonl", out / "prep-renamed", "--beta", beta)  # fmt: skip
-    return out / "trajectories-renamed.jsonl", out / "prep-renamed"
+    files = {"corpus": corpus, "trajectories": trajs}
+    for name, parts in files.items():
+        text = "".join(f.read_text(encoding="utf-8") for f in parts)
+        write_text_atomic(out / f"{name}-renamed-{copies}.jsonl", text)
+    prep = out / f"prep-renamed-{copies}"
+    if prepare:
+        index = out / f"index-renamed-{copies}"
+        cli("index", out / f"corpus-renamed-{copies}.jsonl", index, "--model", out / "init")
+        beta = json.loads((out / "prep" / "manifest.json").read_text())["beta"]
+        cli("prepare", "--model", out / "init", "--index", index,
+            out / f"trajectories-renamed-{copies}.jsonl", prep, "--beta", beta)  # fmt: skip
+    return out / f"trajectories-renamed-{copies}.jsonl", prep
 
 
 def _train_runs(
