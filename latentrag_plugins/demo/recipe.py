@@ -64,8 +64,9 @@ PRESETS = {
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
         explicit_max_steps=350,
         more_runs=((400, 3e-4, 0), *((800, 3e-4, 0),) * 4, (800, 3e-4, 2), (800, 3e-4, 2),
-                   (800, 3e-4, 6)),
-        explicit_more_runs=((800, 3e-4, 0), (800, 3e-4, 2), (800, 3e-4, 6)), eval_questions=600,
+                   (800, 3e-4, 6), (500, 3e-4, 6)),
+        explicit_more_runs=((800, 3e-4, 0), (800, 3e-4, 2), (800, 3e-4, 6), (500, 3e-4, 6)),
+        eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
     "test": Preset(
