@@ -177,21 +177,24 @@ class EncoderTower(nn.Module):
     def _finish(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
 
-    def _hidden(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``(B, L, d)`` of word embeddings ``(B, L, d_in)``."""
+    def _hidden(
+        self,
+        mask: torch.Tensor,
+        *,
+        input_ids: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states ``(B, L, d)`` of token ids or word embeddings ``(B, L, d_in)``."""
         if fast_bert.supports(self.encoder):
+            if embeds is None:
+                embeds = self.encoder.get_input_embeddings()(input_ids)  # (B, L, d_in)
             return fast_bert.bert_forward(self.encoder, embeds, mask)
-        return self.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        out = self.encoder(input_ids=input_ids, inputs_embeds=embeds, attention_mask=mask)
+        return out.last_hidden_state
 
     def forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``(B, L)`` -> ``(B, dim)`` float32."""
-        if fast_bert.supports(self.encoder):
-            embeds = self.encoder.get_input_embeddings()(input_ids)  # (B, L, d_in)
-            hidden = fast_bert.bert_forward(self.encoder, embeds, attention_mask)
-        else:
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask
-            ).last_hidden_state
+        hidden = self._hidden(attention_mask, input_ids=input_ids)
         return self._finish(pool(hidden, attention_mask, self.pooling))
 
     def forward_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -209,7 +212,7 @@ class EncoderTower(nn.Module):
             parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, s, d_in)
         x = torch.cat(parts, dim=1)  # (B, p + n + s, d_in)
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        return self._finish(pool(self._hidden(x, mask), mask, self.pooling))
+        return self._finish(pool(self._hidden(mask, embeds=x), mask, self.pooling))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize texts for this encoder (padded, truncated), on the tower's device."""
