@@ -7,6 +7,7 @@ since no model hub is needed for any of them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from transformers import (
     AutoConfig,
@@ -101,7 +102,12 @@ def _minilm_words() -> list[str]:
 
 
 def build_llm(
-    shape: str, vocab_size: int | None = None, seed: int = 0, **overrides
+    shape: str,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    device: Any = None,
+    dtype: Any = None,
+    **overrides,
 ) -> PreTrainedModel:
     """A randomly initialised causal LM of a named shape (see ``LLM_SHAPES``).
 
@@ -109,6 +115,9 @@ def build_llm(
         shape: Shape name.
         vocab_size: Vocabulary size (defaults to the shape's, else 4096).
         seed: Seed of the random initialisation.
+        device: Device the weights are created on (default CPU); a 7B shape initialises in
+            seconds on a GPU and in minutes on a CPU.
+        dtype: Weight dtype (default float32).
         **overrides: Extra config fields.
     """
     import torch
@@ -121,11 +130,15 @@ def build_llm(
     cfg.update(overrides)
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    with torch.device(device or "cpu"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def build_encoder(shape: str, vocab_size: int | None = None, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised encoder of a named shape (see ``ENCODER_SHAPES``)."""
+def build_encoder(
+    shape: str, vocab_size: int | None = None, seed: int = 0, device: Any = None, dtype: Any = None
+) -> PreTrainedModel:
+    """A randomly initialised encoder of a named shape (see ``ENCODER_SHAPES``), created on
+    ``device`` in ``dtype`` (default CPU, float32)."""
     import torch
 
     if shape not in ENCODER_SHAPES:
@@ -134,4 +147,5 @@ def build_encoder(shape: str, vocab_size: int | None = None, seed: int = 0) -> P
     cfg["vocab_size"] = vocab_size or cfg.get("vocab_size", 4096)
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     torch.manual_seed(seed)
-    return AutoModel.from_config(config)
+    with torch.device(device or "cpu"):
+        return AutoModel.from_config(config, dtype=dtype)

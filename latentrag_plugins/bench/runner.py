@@ -99,7 +99,7 @@ def build(cfg: BenchConfig) -> Setup:
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
-    from ..model import LatentRAG
+    from ..model import LatentRAG, default_device, default_dtype
     from ..model_zoo import LLM_SHAPES, build_encoder, build_llm, build_tokenizer
 
     if cfg.shape not in LLM_SHAPES:
@@ -110,18 +110,22 @@ def build(cfg: BenchConfig) -> Setup:
         )
     if cfg.steps < 0 or cfg.questions < 1:
         raise ValueError("--steps must be >= 0 and --questions >= 1")
+    import torch
+
     tok = build_tokenizer()
-    llm = build_llm(cfg.shape, seed=cfg.seed)
+    dev = torch.device(cfg.device) if cfg.device else default_device()
+    dtype = default_dtype(dev)
+    llm = build_llm(cfg.shape, seed=cfg.seed, device=dev, dtype=dtype)
     llm.config.name_or_path = f"random:{cfg.shape}"
     if cfg.retriever == "minilm":
         retriever: Any = "minilm"
         rid = None
     else:
         enc_tok = copy.deepcopy(tok)
-        retriever = (build_encoder(cfg.retriever, seed=cfg.seed), enc_tok)
+        retriever = (build_encoder(cfg.retriever, seed=cfg.seed, device=dev, dtype=dtype), enc_tok)
         rid = f"random:{cfg.retriever}"
     model = LatentRAG.init(
-        llm, retriever, tokenizer=tok, retriever_id=rid, device=cfg.device, seed=cfg.seed,
+        llm, retriever, tokenizer=tok, retriever_id=rid, device=dev, dtype=dtype, seed=cfg.seed,
         top_k=cfg.top_k, max_steps=cfg.steps,
     )  # fmt: skip
     explicit = ExplicitAgent.init(
