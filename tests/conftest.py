@@ -77,12 +77,16 @@ class ForceActions:
         ids = self.model.ids
         h = args[0]
         if self.mode == "hidden":
-            sign = torch.sign((h.float() - self.h0) @ self.direction + 1e-6)
+            sign = torch.sign(
+                (h.float() - self.h0.to(h.device)) @ self.direction.to(h.device) + 1e-6
+            )
         else:
-            sign = torch.ones(h.shape[:-1]) * (1 if self.mode == "retrieve" else -1)
+            sign = torch.ones(h.shape[:-1], device=h.device) * (
+                1 if self.mode == "retrieve" else -1
+            )
         out = out.clone()
-        out[..., ids.query[0]] += 1000 * sign
-        out[..., ids.answer] -= 1000 * sign
+        out[..., ids.query[0]] += (1000 * sign).to(out.dtype)
+        out[..., ids.answer] -= (1000 * sign).to(out.dtype)
         return out
 
     def __enter__(self):
