@@ -96,6 +96,7 @@ def machine_info(device: Any) -> dict[str, Any]:
 
 def build(cfg: BenchConfig) -> Setup:
     """Build the random-weight models, the synthetic store and the questions."""
+    import torch
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
@@ -110,8 +111,6 @@ def build(cfg: BenchConfig) -> Setup:
         )
     if cfg.steps < 0 or cfg.questions < 1:
         raise ValueError("--steps must be >= 0 and --questions >= 1")
-    import torch
-
     tok = build_tokenizer()
     dev = torch.device(cfg.device) if cfg.device else default_device()
     dtype = default_dtype(dev)
