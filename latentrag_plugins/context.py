@@ -4,18 +4,35 @@ Rows are questions (or decode items). Every feed left-pads the rows' new tokens 
 so real tokens are right-aligned; padding stays masked forever and positions only count real
 tokens. Forgetting the last tokens crops the cache when all rows forget them, else masks them.
 Shared by LatentRAG's loop, latent decoding and the explicit-agent baseline.
+
+With a *wide twin* (a copy of the LLM in another dtype, e.g. bfloat16 beside a float32 LLM),
+passes of ``WIDE_FROM`` or more new tokens run on the twin and the rest on the LLM; the cache is
+cast when the dtype changes. On CPUs with AMX, bfloat16 makes passes over retrieved documents
+several times faster but token-by-token passes slower, so this mixes the faster of each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .extractive import SpanConstraint
+
+WIDE_FROM = 8  # passes feeding at least this many tokens per row run on the wide twin, if any
+
+
+class _Parts(NamedTuple):
+    decoder: torch.nn.Module
+    head: torch.nn.Module
+    embed: torch.nn.Module
+
+
+def _parts(llm: PreTrainedModel) -> _Parts:
+    return _Parts(llm.get_decoder(), llm.get_output_embeddings(), llm.get_input_embeddings())
 
 
 class BatchedContext:
@@ -25,16 +42,21 @@ class BatchedContext:
         llm: A causal LM (``get_decoder`` / ``get_output_embeddings``).
         batch: Number of rows.
         pad_id: Token id fed at padded positions (always masked).
+        wide: Optional copy of ``llm`` in another dtype that runs the passes of ``WIDE_FROM`` or
+            more tokens. Hidden states and logits are always in ``llm``'s dtype.
     """
 
-    def __init__(self, llm: PreTrainedModel, batch: int, pad_id: int) -> None:
-        self.decoder = llm.get_decoder()
-        self.head = llm.get_output_embeddings()
-        self.embed = llm.get_input_embeddings()
+    def __init__(
+        self, llm: PreTrainedModel, batch: int, pad_id: int, wide: PreTrainedModel | None = None
+    ) -> None:
+        self.decoder, self.head, self.embed = self._narrow = _parts(llm)
+        self._wide = _parts(wide) if wide is not None else None
         self.pad_id = pad_id
         self.device = self.embed.weight.device
         self.batch = batch
         self.cache = DynamicCache()
+        if wide is not None and getattr(self.cache, "layers", None) is None:
+            raise ValueError("a wide twin needs transformers >= 5 (DynamicCache.layers)")
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)  # (B, L)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
         self.passes = 0
@@ -58,26 +80,40 @@ class BatchedContext:
         new = torch.tensor(
             [[0] * (width - len(c)) + [1] * len(c) for c in chunks], device=self.device
         )  # (B, Lc)
-        return self._forward(self.embed(ids), new, branch)
+        parts = self._parts_for(width)
+        return self._forward(parts, parts.embed(ids), new, branch)
 
     def feed_embeds(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """Feed input embeddings ``(B, Lc, d)`` with real-token mask ``new (B, Lc)`` (left-padded)."""
-        return self._forward(embeds.to(self.embed.weight.dtype), new.to(self.device))
+        parts = self._parts_for(embeds.shape[1])
+        return self._forward(parts, embeds.to(parts.embed.weight.dtype), new.to(self.device))
+
+    def _parts_for(self, width: int) -> _Parts:
+        """The model that runs a pass of ``width`` tokens; casts the cache to its dtype."""
+        parts = self._narrow if self._wide is None or width < WIDE_FROM else self._wide
+        dtype = parts.embed.weight.dtype
+        for layer in getattr(self.cache, "layers", None) or ():
+            keys = getattr(layer, "keys", None)
+            if keys is not None and keys.dtype != dtype:
+                layer.keys, layer.values = keys.to(dtype), layer.values.to(dtype)
+        return parts
 
     @property
     def can_branch(self) -> bool:
         """Whether the LLM's attention takes the custom masks that :meth:`feed` branches need."""
         return getattr(self.decoder.config, "_attn_implementation", None) in ("sdpa", "eager")
 
-    def _forward(self, embeds: torch.Tensor, new: torch.Tensor, branch: int = 0) -> torch.Tensor:
+    def _forward(
+        self, parts: _Parts, embeds: torch.Tensor, new: torch.Tensor, branch: int = 0
+    ) -> torch.Tensor:
         embeds, new = _pad_to_bucket(embeds, new)
         pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
         mask = torch.cat([self.mask, new], dim=1)  # (B, L + Lc)
         attn = mask
         if branch > 0:
             pos[:, -1] = (pos[:, -1] - branch).clamp(min=0)
-            attn = self._branch_mask(mask, new.shape[1], branch)  # (B, 1, Lc, L + Lc)
-        out = self.decoder(
+            attn = self._branch_mask(mask, new.shape[1], branch, embeds.dtype)  # (B,1,Lc,L+Lc)
+        out = parts.decoder(
             inputs_embeds=embeds,
             attention_mask=attn,
             position_ids=pos,
@@ -87,9 +123,11 @@ class BatchedContext:
         self.mask = mask
         self.next_pos = self.next_pos + new.sum(1)
         self.passes += 1
-        return out.last_hidden_state
+        return out.last_hidden_state.to(self.embed.weight.dtype)
 
-    def _branch_mask(self, mask: torch.Tensor, width: int, branch: int) -> torch.Tensor:
+    def _branch_mask(
+        self, mask: torch.Tensor, width: int, branch: int, dtype: torch.dtype
+    ) -> torch.Tensor:
         """The 4D attention mask of a pass whose last token skips the ``branch`` before it."""
         total = mask.shape[1]
         q = torch.arange(total - width, total, device=self.device)[:, None]  # (Lc, 1)
@@ -99,7 +137,6 @@ class BatchedContext:
         seen |= k == q  # every query sees itself, so padding rows never attend to nothing
         if self.decoder.config._attn_implementation == "sdpa":
             return seen[:, None]
-        dtype = self.embed.weight.dtype
         bias = torch.zeros(seen.shape, dtype=dtype, device=self.device)
         return bias.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
 

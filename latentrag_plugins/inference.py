@@ -122,7 +122,7 @@ def latent_loop(
             )
     batch = len(rows)
     ids = model.ids
-    ctx = BatchedContext(model.llm, batch, ids.pad)
+    ctx = BatchedContext(model.llm, batch, ids.pad, model.wide_llm)
     was_training = model.training
     model.eval()
     # <answer> rides in every step's pass: after the query slots, as a branch that skips them.

@@ -33,6 +33,7 @@ from .encoder import (
 )
 from .errors import CheckpointError
 from .io_utils import atomic_path
+from .precision import WideTwin
 from .projector import Projector
 from .prompts import PromptBuilder
 from .results import LatentRAGResult
@@ -68,7 +69,7 @@ def tower_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-class LatentRAG(DocumentTowerAPI, nn.Module):
+class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
     """A LatentRAG model: reasons and retrieves with one LLM forward pass per step.
 
     Build an untrained model with :meth:`init`, load one with :meth:`from_pretrained`, answer with
@@ -188,9 +189,15 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
             Projector(d_llm, d_llm, **kw),
         )
 
-    def to_device(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LatentRAG:
+    def to_device(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        wide_dtype: torch.dtype | None = None,
+    ) -> LatentRAG:
         """Move to ``device``; the LLM, projectors and towers take ``dtype`` (towers: float32 for
-        float16 on CPU)."""
+        float16 on CPU). With ``wide_dtype``, passes over many tokens run on a copy of the LLM
+        in that dtype, and the towers take it (:mod:`latentrag_plugins.precision`)."""
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         self.llm.to(device=device, dtype=dtype)
@@ -198,8 +205,9 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
             proj.to(device=device, dtype=dtype)
         for tower in (self.doc_tower, self.query_tower):
             if tower is not None:
-                tower.to(device=device, dtype=tower_dtype(device, dtype))
+                tower.to(device=device, dtype=tower_dtype(device, wide_dtype or dtype))
         self.eval()
+        self._set_wide_twin(dtype, wide_dtype)
         return self
 
     @property
@@ -344,6 +352,7 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        wide_dtype: torch.dtype | None = None,
         trust_remote_code: bool | None = None,
     ) -> LatentRAG:
         """Load a model saved by :meth:`save_pretrained`.
@@ -352,6 +361,8 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
             path: Checkpoint directory, or ``"demo"`` for the shipped demo model.
             device: Target device (default: CUDA if available).
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
+            wide_dtype: Dtype of an LLM copy that runs passes over many tokens (default none;
+                ``torch.bfloat16`` beside float32 is ``--dtype mixed``).
             trust_remote_code: Override the checkpoint's setting (off unless asked for).
 
         Raises:
@@ -393,7 +404,7 @@ class LatentRAG(DocumentTowerAPI, nn.Module):
         projs = [Projector.load(root / name) for name in ("proj_ret", "proj_think", "proj_query")]
         model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
         dev = torch.device(device) if device else default_device()
-        return model.to_device(dev, dtype or default_dtype(dev))
+        return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
     @staticmethod
     def _load_llm(

@@ -39,6 +39,7 @@ from ..encoder import (
 )
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
+from ..precision import WideTwin
 from ..results import LatentRAGResult, RetrievedDoc
 from ..tokens import add_tag_tokens, encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
@@ -49,7 +50,7 @@ from .explicit_loop import explicit_loop
 _LLM_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = "llm", "tokenizer", "retriever"
 
 
-class ExplicitAgent(DocumentTowerAPI):
+class ExplicitAgent(WideTwin, DocumentTowerAPI):
     """A Search-R1-style explicit agentic RAG model.
 
     Build one with :meth:`init` (any causal LM), load one with :meth:`from_pretrained`, answer with
@@ -166,17 +167,22 @@ class ExplicitAgent(DocumentTowerAPI):
         return agent.to_device(dev, dtype or default_dtype(dev))
 
     def to_device(
-        self, device: torch.device | str, dtype: torch.dtype | None = None
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        wide_dtype: torch.dtype | None = None,
     ) -> ExplicitAgent:
         """Move to ``device``; the LLM and tower take ``dtype`` (tower: float32 for float16 on
-        CPU)."""
+        CPU). With ``wide_dtype``, passes over many tokens run on a copy of the LLM in that
+        dtype, and the tower takes it (:mod:`latentrag_plugins.precision`)."""
         from ..model import default_dtype, tower_dtype
 
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         self.llm.to(device=device, dtype=dtype)
-        self.doc_tower.to(device=device, dtype=tower_dtype(device, dtype))
+        self.doc_tower.to(device=device, dtype=tower_dtype(device, wide_dtype or dtype))
         self.llm.eval()
+        self._set_wide_twin(dtype, wide_dtype)
         return self
 
     @property
@@ -320,9 +326,11 @@ class ExplicitAgent(DocumentTowerAPI):
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        wide_dtype: torch.dtype | None = None,
         trust_remote_code: bool | None = None,
     ) -> ExplicitAgent:
-        """Load an agent saved by :meth:`save_pretrained`.
+        """Load an agent saved by :meth:`save_pretrained` (``wide_dtype``: see
+        :meth:`to_device`).
 
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
@@ -352,7 +360,7 @@ class ExplicitAgent(DocumentTowerAPI):
         enc, enc_tok, _ = load_encoder(source, trust_remote_code=trust)
         agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
         dev = torch.device(device) if device else default_device()
-        return agent.to_device(dev, dtype or default_dtype(dev))
+        return agent.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
 
 def is_explicit_checkpoint(path: str | os.PathLike[str]) -> bool:

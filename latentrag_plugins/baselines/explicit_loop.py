@@ -114,7 +114,7 @@ def explicit_loop(
             )
     templates = {m: ForceTemplate(agent, m) for m in (False, True)} if force is not None else {}
     clock = StageClock(agent.device)
-    ctx = BatchedContext(agent.llm, len(rows), agent.pad_id)
+    ctx = BatchedContext(agent.llm, len(rows), agent.pad_id, agent.wide_llm)
     was_training = agent.llm.training
     agent.llm.eval()
     for turn in range(max_turns + 1):

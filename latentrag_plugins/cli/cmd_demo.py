@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg, add_dtype_arg, add_extractive_arg, parse_dtype
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg, dtype_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.question is not None and not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    model = LatentRAG.from_pretrained("demo", device=args.device, dtype=parse_dtype(args.dtype))
+    model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(args.dtype))
     explicit = ExplicitAgent.from_pretrained(
-        "demo-explicit", device=args.device, dtype=parse_dtype(args.explicit_dtype)
+        "demo-explicit", device=args.device, **dtype_kwargs(args.explicit_dtype)
     )
     if args.extractive:
         model.config.extractive_answers = explicit.config.extractive_answers = True

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from .common import load_index, load_model, parse_dtype
+    from .common import dtype_kwargs, load_index, load_model
 
     baselines = parse_baselines(args.baselines)
     if args.no_latent and not baselines:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             from ..baselines.explicit import ExplicitAgent
 
             agent = ExplicitAgent.from_pretrained(
-                arg, device=args.device, dtype=parse_dtype(args.explicit_dtype)
+                arg, device=args.device, **dtype_kwargs(args.explicit_dtype)
             )
             if args.extractive:
                 agent.config.extractive_answers = True
@@ -154,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(method: Any) -> dict[str, Any]:
     """What the report records about a method's run: its LLM dtype and answer mode."""
-    from .common import dtype_name
+    from ..precision import precision_name
 
     return {
-        "dtype": dtype_name(method.llm),
+        "dtype": precision_name(method),
         "extractive_answers": method.config.extractive_answers,
     }

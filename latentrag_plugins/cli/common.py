@@ -20,7 +20,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="Device, e.g. cpu or cuda (default: auto).")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "mixed")
 
 
 def add_extractive_arg(p: argparse.ArgumentParser, who: str = "Every method's answer") -> None:
@@ -42,29 +42,28 @@ def add_dtype_arg(
         choices=DTYPES,
         default="auto",
         help=f"Dtype of {what} (default auto: bfloat16 on GPU, float32 on CPU; bfloat16 pays "
-        "off on CPUs with AMX).",
+        "off on CPUs with AMX; mixed: float32, with passes over many tokens on a bfloat16 copy).",
     )
 
 
-def parse_dtype(name: str | None) -> Any:
-    """A ``--dtype`` choice -> ``torch.dtype`` (None for auto)."""
+def dtype_kwargs(name: str | None) -> dict[str, Any]:
+    """A ``--dtype`` choice -> ``from_pretrained`` keywords ``dtype`` and ``wide_dtype``."""
     if name in (None, "auto"):
-        return None
+        return {"dtype": None, "wide_dtype": None}
     import torch
 
-    return getattr(torch, name)
+    from ..precision import MIXED, MIXED_DTYPES
 
-
-def dtype_name(module: Any) -> str:
-    """The dtype of a module's first parameter, e.g. ``"float32"``."""
-    return str(next(module.parameters()).dtype).removeprefix("torch.")
+    if name == MIXED:
+        return dict(zip(("dtype", "wide_dtype"), MIXED_DTYPES))
+    return {"dtype": getattr(torch, name), "wide_dtype": None}
 
 
 def load_model(path: str, device: str | None = None, dtype: str | None = None) -> Any:
     """Load a LatentRAG checkpoint."""
     from ..model import LatentRAG
 
-    return LatentRAG.from_pretrained(path, device=device, dtype=parse_dtype(dtype))
+    return LatentRAG.from_pretrained(path, device=device, **dtype_kwargs(dtype))
 
 
 def load_index(path: str, model: Any) -> Any:

@@ -1,0 +1,49 @@
+"""Mixed precision for inference: an optional twin of the LLM in another dtype for wide passes.
+
+``--dtype mixed`` keeps the LLM in float32 and adds a bfloat16 twin; the encoder towers run in
+bfloat16. :class:`BatchedContext` runs passes that feed many tokens (retrieved documents, latent
+slots) on the twin and token-by-token passes on the float32 LLM: on CPUs with AMX the first are
+several times faster in bfloat16 and the second slower.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+MIXED = "mixed"  # the --dtype choice
+MIXED_DTYPES = (torch.float32, torch.bfloat16)  # (LLM, wide twin) under --dtype mixed
+
+
+class WideTwin:
+    """Mixin for holders of an ``llm``: ``wide_llm``, its twin for wide passes (or None)."""
+
+    llm: PreTrainedModel
+    _wide: tuple[PreTrainedModel, ...] = ()
+
+    @property
+    def wide_llm(self) -> PreTrainedModel | None:
+        """The LLM's copy in the wide-pass dtype, or None when every pass runs on ``llm``."""
+        return self._wide[0] if self._wide else None
+
+    def _set_wide_twin(self, dtype: torch.dtype, wide_dtype: torch.dtype | None) -> None:
+        """Copy ``llm`` into ``wide_dtype`` (no twin when it is None or equals ``dtype``). The
+        twin is a snapshot: call ``to_device`` again after changing the LLM's weights."""
+        if wide_dtype is None or wide_dtype == dtype:
+            self._wide = ()
+            return
+        twin = copy.deepcopy(self.llm).to(dtype=wide_dtype)
+        twin.eval()
+        self._wide = (twin,)
+
+
+def precision_name(holder: Any) -> str:
+    """The LLM's dtype, e.g. ``"float32"``, or ``"float32+bfloat16"`` with a wide twin."""
+    name = str(next(holder.llm.parameters()).dtype).removeprefix("torch.")
+    wide = getattr(holder, "wide_llm", None)
+    if wide is not None:
+        name += "+" + str(next(wide.parameters()).dtype).removeprefix("torch.")
+    return name
