@@ -35,6 +35,8 @@ def test_recipe_runs_end_to_end(tmp_path):
     }
     assert examples["latent"] == 2 * examples["latent-1"] > 0
     assert examples["explicit"] == 3 * examples["explicit-1"] > 0
+    last = json.loads((tmp_path / "demo" / "latent" / "train_config.json").read_text())
+    assert (last["batch_size"], last["warmup_ratio"], last["lr"]) == (4, 0.5, 3e-4)
     log = (tmp_path / "demo" / "latent" / "train_log.jsonl").read_text().splitlines()
     assert log and all("loss_ret" in json.loads(x) for x in log)
 

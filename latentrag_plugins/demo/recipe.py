@@ -14,9 +14,19 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..io_utils import write_text_atomic
+
+
+class Run(NamedTuple):
+    """One further training run, started from the previous run's checkpoint."""
+
+    steps: int  # optimizer steps
+    lr: float  # peak learning rate (linear decay to 0)
+    copies: int  # renamed copies of the world added to its trajectories (0: none)
+    batch_size: int = 8  # trajectories per step
+    warmup_ratio: float = 0.0  # share of the steps spent warming up
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,11 @@ class Preset:
     lambda_ret: float  # weight of L_ret (see docs/demo-model.md for why not the paper's 1)
     max_steps: int | None  # LatentRAG: cap on training steps (None: epochs decide)
     explicit_max_steps: int | None  # the explicit agent's cap
-    more_runs: tuple[tuple[int, float, int], ...]  # LatentRAG: further runs, each from the last
-    # checkpoint, as (steps, peak lr, renamed copies): seeds 1, 2, ... (other orders of the
-    # data), λ_ret as above; their data is the world's trajectories plus that many renamed
-    # copies of the world (world/renaming.py, copy seeds 1, 2, ...; 0: none)
-    explicit_more_runs: tuple[tuple[int, float, int], ...]  # the same for the explicit agent
+    more_runs: tuple[Run, ...]  # LatentRAG: further runs, each from the last checkpoint, with
+    # seeds 1, 2, ... (other orders of the data) and λ_ret as above; their data is the world's
+    # trajectories plus `copies` renamed copies of the world (world/renaming.py, copy seeds 1, 2,
+    # ...)
+    explicit_more_runs: tuple[Run, ...]  # the same for the explicit agent
     eval_questions: int  # test questions evaluated
 
 
@@ -63,9 +73,13 @@ PRESETS = {
         reading_steps=1500, reading_seeds=(1, 2, 3, 5, 6, 7), reading_lr=5e-4,
         trajectories=4000, epochs=2, batch_size=8, lr=5e-4, lambda_ret=8.0, max_steps=700,
         explicit_max_steps=350,
-        more_runs=((400, 3e-4, 0), *((800, 3e-4, 0),) * 4, (800, 3e-4, 2), (800, 3e-4, 2),
-                   (800, 3e-4, 6), (500, 3e-4, 6)),
-        explicit_more_runs=((800, 3e-4, 0), (800, 3e-4, 2), (800, 3e-4, 6), (500, 3e-4, 6)),
+        # The last three runs of each model ran on one H100 (docs/demo-model.md).
+        more_runs=(Run(400, 3e-4, 0), *(Run(800, 3e-4, 0),) * 4, Run(800, 3e-4, 2),
+                   Run(800, 3e-4, 2), Run(800, 3e-4, 6), Run(500, 3e-4, 6),
+                   *(Run(433, 3e-4, 6, 32, 0.02),) * 2, Run(1400, 3e-4, 6, 32, 0.02)),
+        explicit_more_runs=(Run(800, 3e-4, 0), Run(800, 3e-4, 2), Run(800, 3e-4, 6),
+                            Run(500, 3e-4, 6), *(Run(947, 3e-4, 6, 32, 0.02),) * 2,
+                            Run(2400, 3e-4, 6, 32, 0.02)),
         eval_questions=600,
     ),
     # A few minutes on a CPU: keeps the recipe working in the tests.
@@ -75,8 +89,8 @@ PRESETS = {
         base_seq_len=256, base_lr=1e-3, base_seeds=(1,), tokenizer_seeds=(0, 1, 3),
         reading_steps=5, reading_seeds=(3,), reading_lr=1e-3,
         trajectories=24, epochs=1, batch_size=8, lr=5e-4, lambda_ret=4.0, max_steps=3,
-        explicit_max_steps=3, more_runs=((2, 3e-4, 0), (2, 3e-4, 1)),
-        explicit_more_runs=((2, 3e-4, 0), (2, 3e-4, 2)), eval_questions=4,
+        explicit_max_steps=3, more_runs=(Run(2, 3e-4, 0), Run(2, 3e-4, 1, 4, 0.5)),
+        explicit_more_runs=(Run(2, 3e-4, 0), Run(2, 3e-4, 2)), eval_questions=4,
     ),
 }  # fmt: skip
 
@@ -123,15 +137,8 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     traj = out / "trajectories.jsonl"
     traj.write_text("\n".join(lines[: p.trajectories]) + "\n", encoding="utf-8")
 
-    common = [
-        "--full-finetune",
-        "--epochs",
-        p.epochs,
-        "--batch-size",
-        p.batch_size,
-        "--no-progress",
-    ]
-    train = [*common, "--lr", p.lr]
+    common = ["--full-finetune", "--epochs", p.epochs, "--no-progress"]
+    train = [*common, "--batch-size", p.batch_size, "--lr", p.lr]
     cap = ["--max-steps", p.max_steps] if p.max_steps else []
     explicit_cap = ["--max-steps", p.explicit_max_steps] if p.explicit_max_steps else []
     cli("init", "--base-model", base, "--force", out / "init")
@@ -148,16 +155,16 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     )
     latent = ["--query-tower-layers", 1, "--lambda-ret", p.lambda_ret]
     data = {0: (traj, out / "prep")}  # renamed copies -> (trajectories, prepared data)
-    latent_copies = {c for *_, c in p.more_runs}
-    for c in sorted({*latent_copies, *(c for *_, c in p.explicit_more_runs)} - {0}):
+    latent_copies = {r.copies for r in p.more_runs}
+    for c in sorted({*latent_copies, *(r.copies for r in p.explicit_more_runs)} - {0}):
         data[c] = _renamed_data(cli, out, world, traj, c, prepare=c in latent_copies)
-    latent_more = [(n, lr, [*latent, "--data", data[c][1], *common]) for n, lr, c in p.more_runs]
+    latent_more = [(r, [*latent, "--data", data[r.copies][1], *common]) for r in p.more_runs]
     _train_runs(cli, out, "latent", out / "init",
                 [*latent, "--data", out / "prep", *train, *cap], latent_more)  # fmt: skip
     cli("init", "--base-model", base, "--explicit", "--force", out / "explicit-init")
     explicit_more = [
-        (n, lr, ["--mode", "explicit", "--data", data[c][0], *common])
-        for n, lr, c in p.explicit_more_runs
+        (r, ["--mode", "explicit", "--data", data[r.copies][0], *common])
+        for r in p.explicit_more_runs
     ]
     _train_runs(cli, out, "explicit", out / "explicit-init",
                 ["--mode", "explicit", "--data", traj, *train, *explicit_cap],
@@ -208,13 +215,14 @@ def _train_runs(
     name: str,
     start: Path,
     first: list[Any],
-    more: list[tuple[int, float, list[Any]]],
+    more: list[tuple[Run, list[Any]]],
 ) -> None:
     """Train ``out/name`` from ``start`` with the ``first`` flags, then each further run of
-    ``more`` (steps, peak lr, flags; seeds 1, 2, ...) from the last checkpoint; intermediate
+    ``more`` (its settings and flags; seeds 1, 2, ...) from the last checkpoint; intermediate
     runs are kept as ``out/name-0``, ``out/name-1``, ..."""
     runs = [out / f"{name}-{i}" for i in range(len(more))] + [out / name]
     cli("train", "--model", start, "--out", runs[0], *first)
-    for i, (steps, lr, flags) in enumerate(more):
-        cli("train", "--model", runs[i], "--out", runs[i + 1], *flags, "--lr", lr,
-            "--max-steps", steps, "--seed", i + 1)  # fmt: skip
+    for i, (r, flags) in enumerate(more):
+        cli("train", "--model", runs[i], "--out", runs[i + 1], *flags, "--lr", r.lr,
+            "--max-steps", r.steps, "--batch-size", r.batch_size,
+            "--warmup-ratio", r.warmup_ratio, "--seed", i + 1)  # fmt: skip
