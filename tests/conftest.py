@@ -110,3 +110,11 @@ class ForceActions:
 @pytest.fixture
 def force():
     return ForceActions
+
+
+def trace(results) -> list:
+    """What a run decided, per question: actions, retrieved ids per step, and the answer."""
+    return [
+        ([s.action for s in r.steps], [[d.id for d in s.docs] for s in r.steps], r.answer)
+        for r in results
+    ]

@@ -10,18 +10,11 @@ import math
 import pytest
 import torch
 
-from tests.conftest import make_model
+from tests.conftest import make_model, trace
 from tests.test_model_loop import QS
 from tests.test_training import prepared, world, wstore  # noqa: F401  (module fixtures)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _trace(results) -> list:
-    return [
-        ([s.action for s in r.steps], [[d.id for d in s.docs] for s in r.steps], r.answer)
-        for r in results
-    ]
 
 
 def test_cuda_run_equals_cpu_run(tokenizer, store, force):
@@ -33,7 +26,7 @@ def test_cuda_run_equals_cpu_run(tokenizer, store, force):
     with force(gpu, "hidden"):
         got = gpu.run_batch(QS, store, max_steps=3)
         single = [gpu.run(q, store, max_steps=3) for q in QS]
-    assert _trace(got) == _trace(want) == _trace(single)
+    assert trace(got) == trace(want) == trace(single)
     for g, w in zip(got, want):
         for lg, lw in zip(g._latents, w._latents):
             torch.testing.assert_close(lg["think"].cpu(), lw["think"], rtol=1e-3, atol=1e-4)

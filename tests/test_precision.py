@@ -13,7 +13,7 @@ from latentrag_plugins.baselines.naive import NaiveRAG
 from latentrag_plugins.cli.common import dtype_kwargs
 from latentrag_plugins.context import WIDE_FROM
 from latentrag_plugins.precision import precision_name
-from tests.conftest import make_model
+from tests.conftest import make_model, trace
 from tests.test_model_loop import QS
 
 
@@ -28,13 +28,6 @@ class Widths:
         self.seen.append(kwargs["inputs_embeds"].shape[1])
 
 
-def _trace(results) -> list:
-    return [
-        ([s.action for s in r.steps], [[d.id for d in s.docs] for s in r.steps], r.answer)
-        for r in results
-    ]
-
-
 def test_wide_passes_run_on_the_twin_and_results_match(tokenizer, store, force):
     plain = make_model(tokenizer, "tiny")
     mixed = copy.deepcopy(plain).to_device("cpu", torch.float32, torch.float64)
@@ -45,7 +38,7 @@ def test_wide_passes_run_on_the_twin_and_results_match(tokenizer, store, force):
     with force(mixed, "hidden"):  # (its set-up pass runs before the hooks)
         narrow, wide = Widths(mixed.llm), Widths(mixed.wide_llm)
         got = mixed.run_batch(QS, store, max_steps=3, decode=True)
-    assert _trace(got) == _trace(want)
+    assert trace(got) == trace(want)
     assert [[s.thought for s in r.steps] for r in got] == [
         [s.thought for s in r.steps] for r in want
     ]
