@@ -90,9 +90,11 @@ class BatchedContext:
 
     def _parts_for(self, width: int) -> _Parts:
         """The model that runs a pass of ``width`` tokens; casts the cache to its dtype."""
-        parts = self._narrow if self._wide is None or width < WIDE_FROM else self._wide
+        if self._wide is None:
+            return self._narrow
+        parts = self._narrow if width < WIDE_FROM else self._wide
         dtype = parts.embed.weight.dtype
-        for layer in getattr(self.cache, "layers", None) or ():
+        for layer in self.cache.layers:  # present: checked when a twin is given
             keys = getattr(layer, "keys", None)
             if keys is not None and keys.dtype != dtype:
                 layer.keys, layer.values = keys.to(dtype), layer.values.to(dtype)
