@@ -94,10 +94,19 @@ class BatchedContext:
             return self._narrow
         parts = self._narrow if width < WIDE_FROM else self._wide
         dtype = parts.embed.weight.dtype
+        keep: torch.Tensor | None = None  # (L,) cache columns some row still attends to
         for layer in self.cache.layers:  # present: checked when a twin is given
             keys = getattr(layer, "keys", None)
-            if keys is not None and keys.dtype != dtype:
-                layer.keys, layer.values = keys.to(dtype), layer.values.to(dtype)
+            if keys is None or keys.dtype == dtype:
+                continue
+            if keep is None:
+                # The cast copies the cache anyway: drop the columns masked in every row
+                # (bucket padding) on the way, so the token passes after it attend to less.
+                keep = self.mask.any(0).nonzero().squeeze(1)
+            layer.keys = keys.index_select(-2, keep).to(dtype)
+            layer.values = layer.values.index_select(-2, keep).to(dtype)
+        if keep is not None:
+            self.mask = self.mask[:, keep]
         return parts
 
     @property

@@ -8,10 +8,11 @@ import copy
 import pytest
 import torch
 
+from latentrag_plugins import context
 from latentrag_plugins.baselines.explicit import ExplicitAgent
 from latentrag_plugins.baselines.naive import NaiveRAG
 from latentrag_plugins.cli.common import dtype_kwargs
-from latentrag_plugins.context import WIDE_FROM
+from latentrag_plugins.context import WIDE_FROM, BatchedContext
 from latentrag_plugins.precision import precision_name
 from tests.conftest import make_model, trace
 from tests.test_model_loop import QS
@@ -79,3 +80,25 @@ def test_dtype_choices():
     assert dtype_kwargs("bfloat16") == {"dtype": torch.bfloat16, "wide_dtype": None}
     with pytest.raises(AttributeError):
         dtype_kwargs("float8")
+
+
+def test_switching_dtype_drops_the_bucket_padding_from_the_cache(tokenizer, monkeypatch):
+    """The cast to the narrow dtype also drops the cache columns every row masks (bfloat16 bucket
+    padding), so token passes attend only to real tokens; their results do not change."""
+    m = make_model(tokenizer).to_device("cpu", **dtype_kwargs("mixed"))
+    wide = m.prompts.question(QS[0]) + m.prompts.think_slots()
+    assert len(wide) >= WIDE_FROM and len(wide) % context.BUCKET
+
+    def run() -> tuple[BatchedContext, torch.Tensor]:
+        ctx = BatchedContext(m.llm, 1, m.ids.pad, m.wide_llm)
+        ctx.feed([wide])
+        return ctx, ctx.feed([[m.ids.answer]])[0, -1]  # (d,)
+
+    with torch.inference_mode():
+        ctx, h = run()
+        monkeypatch.setattr(context, "BUCKET", 1)
+        plain_ctx, plain = run()
+    assert ctx.mask.shape[1] == plain_ctx.mask.shape[1] == len(wide) + 1
+    assert bool(ctx.mask.all())
+    assert all(layer.keys.shape[-2] == len(wide) + 1 for layer in ctx.cache.layers)
+    torch.testing.assert_close(h, plain, rtol=2e-2, atol=2e-2)
