@@ -3,15 +3,23 @@
 Same weights and arithmetic as ``transformers``' ``BertModel.forward`` (tested equal), without
 its per-call machinery (output-capture hooks, mask builders, module wrappers). On a 2-core CPU
 that machinery was ~1.5 ms of a ~6 ms MiniLM pass over 18 tokens: the query tower runs once per
-latent step, and the explicit agent embeds each subquery the same way.
+latent step, and the explicit agent embeds each subquery the same way. The query, key and value
+projections run as one matrix product (one kernel call instead of three: ~0.4 ms per MiniLM pass
+in bfloat16 on a 2-core CPU).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
+
+# attention module -> (its q/k/v parameters' identity and versions, fused weight, fused bias)
+_FUSED: WeakKeyDictionary[Any, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = (
+    WeakKeyDictionary()
+)
 
 
 def supports(encoder: Any) -> bool:
@@ -28,6 +36,7 @@ def supports(encoder: Any) -> bool:
         and hasattr(emb, "position_embeddings")
         and hasattr(emb, "token_type_embeddings")
         and all(hasattr(layer.attention.self, "scaling") for layer in layers)
+        and all(layer.attention.self.query.bias is not None for layer in layers)
     )
 
 
@@ -46,10 +55,12 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
     keep = None if mask is None or bool(mask.all()) else mask.bool()[:, None, None, :]  # (B,1,1,L)
     for layer in encoder.encoder.layer:
         att = layer.attention.self
-        q, k, v = (
-            proj(x).view(b, length, -1, att.attention_head_size).transpose(1, 2)
-            for proj in (att.query, att.key, att.value)
-        )  # (B, H, L, hd) each
+        if torch.is_grad_enabled():
+            qkv = torch.stack([proj(x) for proj in (att.query, att.key, att.value)], 2)
+        else:
+            qkv = F.linear(x, *_fused_qkv(att)).unflatten(-1, (3, -1))  # (B, L, 3, d)
+        heads = qkv.unflatten(-1, (-1, att.attention_head_size))  # (B, L, 3, H, hd)
+        q, k, v = heads.permute(2, 0, 3, 1, 4)  # (B, H, L, hd) each
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=att.scaling)
         a = a.transpose(1, 2).reshape(b, length, -1)  # (B, L, d)
         out = layer.attention.output
@@ -57,3 +68,29 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
         h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))  # (B, L, d_ffn)
         x = layer.output.LayerNorm(layer.output.dense(h) + x)
     return x
+
+
+def _fused_qkv(att: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query, key and value projections of ``att`` stacked: weight ``(3d, d)``, bias ``(3d,)``.
+
+    Rebuilt whenever a parameter is replaced or updated in place (training, dtype casts). Only
+    used without autograd: the stacked copy would not pass gradients to the projections, and
+    one made in inference mode could not be saved for a backward pass.
+    """
+    params = [p for proj in (att.query, att.key, att.value) for p in (proj.weight, proj.bias)]
+    key = tuple(x for p in params for x in (id(p), p.data_ptr(), _version(p)))
+    hit = _FUSED.get(att)
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            weight = torch.cat(params[0::2])  # (3d, d)
+            bias = torch.cat(params[1::2])  # (3d,)
+        hit = _FUSED[att] = (key, weight, bias)
+    return hit[1], hit[2]
+
+
+def _version(p: torch.Tensor) -> int:
+    """In-place update counter of ``p`` (inference tensors have none: they never change)."""
+    try:
+        return p._version
+    except RuntimeError:
+        return -1

@@ -33,3 +33,30 @@ def test_fast_bert_is_not_used_where_it_would_differ(model):
     finally:
         enc.eval()
     assert not fast_bert.supports(model.llm)
+
+
+def test_fused_projections_follow_weight_updates_and_keep_gradients(model):
+    """The stacked query/key/value weights are rebuilt after an in-place update, and with
+    autograd on, gradients still reach the projections."""
+    tower = model.query_tower
+    latents = torch.randn(1, model.config.n_query, tower.input_dim)
+    query = tower.encoder.encoder.layer[0].attention.self.query
+    saved, trainable = query.weight.detach().clone(), query.weight.requires_grad
+    try:
+        with torch.inference_mode():
+            before = tower.forward_embeds(latents)
+        with torch.no_grad():
+            query.weight.mul_(0.5)
+        with torch.inference_mode():
+            after = tower.forward_embeds(latents)
+        assert not torch.allclose(before, after)
+        query.weight.requires_grad_(True)
+        tower.forward_embeds(latents).sum().backward()
+        assert query.weight.grad is not None and bool(query.weight.grad.abs().sum() > 0)
+    finally:
+        with torch.no_grad():
+            query.weight.copy_(saved)
+        query.weight.grad = None
+        query.weight.requires_grad_(trainable)
+    with torch.inference_mode():
+        torch.testing.assert_close(tower.forward_embeds(latents), before)
