@@ -57,6 +57,11 @@ class BatchedContext:
         self.cache = DynamicCache()
         if wide is not None and getattr(self.cache, "layers", None) is None:
             raise ValueError("a wide twin needs transformers >= 5 (DynamicCache.layers)")
+        if self._wide is not None and self._wide.embed.weight.device != self.device:
+            raise ValueError(
+                f"the LLM is on {self.device} but its wide twin on "
+                f"{self._wide.embed.weight.device}: move the model with to_device(), which moves both"
+            )
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)  # (B, L)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
         self.passes = 0
@@ -94,19 +99,16 @@ class BatchedContext:
             return self._narrow
         parts = self._narrow if width < WIDE_FROM else self._wide
         dtype = parts.embed.weight.dtype
-        keep: torch.Tensor | None = None  # (L,) cache columns some row still attends to
-        for layer in self.cache.layers:  # present: checked when a twin is given
-            keys = getattr(layer, "keys", None)
-            if keys is None or keys.dtype == dtype:
-                continue
-            if keep is None:
-                # The cast copies the cache anyway: drop the columns masked in every row
-                # (bucket padding) on the way, so the token passes after it attend to less.
-                keep = self.mask.any(0).nonzero().squeeze(1)
-            layer.keys = keys.index_select(-2, keep).to(dtype)
+        layers = [x for x in self.cache.layers if getattr(x, "keys", None) is not None]
+        if all(x.keys.dtype == dtype for x in layers):  # (layers: checked when a twin is given)
+            return parts
+        # The cast copies the cache anyway: drop the columns masked in every row (bucket
+        # padding) on the way, so the token passes after it attend to less.
+        keep = self.mask.any(0).nonzero().squeeze(1)  # (L',) columns some row still sees
+        for layer in layers:
+            layer.keys = layer.keys.index_select(-2, keep).to(dtype)
             layer.values = layer.values.index_select(-2, keep).to(dtype)
-        if keep is not None:
-            self.mask = self.mask[:, keep]
+        self.mask = self.mask[:, keep]
         return parts
 
     @property
@@ -163,6 +165,8 @@ class BatchedContext:
                 self.cache.crop(-n)  # negative: remove n tokens (transformers 4 and 5)
             else:
                 for layer in layers:
+                    if getattr(layer, "keys", None) is None:
+                        continue
                     layer.keys = torch.cat(
                         [layer.keys[..., : end - n, :], layer.keys[..., end:, :]], -2
                     )
@@ -286,11 +290,18 @@ class TextStream:
         self.sent: dict[int, str] = {}
 
     def __call__(self, row: int, token: int) -> None:
-        ids = self.tokens.setdefault(row, [])
-        ids.append(token)
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        self.tokens.setdefault(row, []).append(token)
+        self._send(row, final=False)
+
+    def flush(self) -> None:
+        """Send what is still held back at the end of generation (e.g. a partial character)."""
+        for row in self.tokens:
+            self._send(row, final=True)
+
+    def _send(self, row: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
         prev = self.sent.get(row, "")
         # Wait while the text ends inside a multi-byte character or rewrites what was sent.
-        if len(text) > len(prev) and text.startswith(prev) and not text.endswith("\ufffd"):
+        if len(text) > len(prev) and text.startswith(prev) and (final or text[-1] != "\ufffd"):
             self.sent[row] = text
             self.on_text(row, text[len(prev) :])

@@ -25,7 +25,7 @@ from .context import BatchedContext, Generated, TextStream, greedy_generate
 from .errors import StoreError
 from .extractive import SpanConstraint, source_tokens
 from .results import LatentRAGResult, RetrievedDoc, Step
-from .runtime import StageClock, check_questions, check_store
+from .runtime import StageClock, check_questions, check_store, evaluating
 from .tokens import special_ids
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class _Row:
     input_tokens: int = 0
 
 
+@evaluating()
 def latent_loop(
     model: LatentRAG,
     questions: list[str],
@@ -123,8 +124,6 @@ def latent_loop(
     batch = len(rows)
     ids = model.ids
     ctx = BatchedContext(model.llm, batch, ids.pad, model.wide_llm)
-    was_training = model.training
-    model.eval()
     # <answer> rides in every step's pass: after the query slots, as a branch that skips them.
     branch = generate_answer and ctx.can_branch
     answer_logits: torch.Tensor | None = None  # (B, V) first answer token, rows with answer_fed
@@ -155,13 +154,13 @@ def latent_loop(
             r.input_tokens += len(chunks[i])
             r.token_ids += chunks[i]
             r.pending = []
-            lat = {"think": h_think[i]}
+            lat = {"think": h_think[i].clone()}  # (m, d), not a view that keeps ``hidden``
             if (
                 speculative
                 and wants[i]
                 and not _budget_exhausted(int(ctx.next_pos[i]), cfg, answer_reserve)
             ):
-                lat["query"] = h_query[i]
+                lat["query"] = h_query[i].clone()  # (n, d)
             else:
                 r.answering = True
                 r.answer_fed = merge or spec_answer
@@ -219,7 +218,8 @@ def latent_loop(
                 if first is None:
                     first = fed
                 else:
-                    first = torch.where(torch.tensor([bool(c) for c in need])[:, None], fed, first)
+                    now = torch.tensor([bool(c) for c in need], device=fed.device)  # (B,)
+                    first = torch.where(now[:, None], fed, first)
             stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
             stream = TextStream(model.tokenizer, on_token) if on_token is not None else None
             spans = answer_spans(model, [r.token_ids for r in rows], stop)
@@ -227,6 +227,8 @@ def latent_loop(
                 ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
                 banned=sorted(ids.all - {ids.answer_end}), on_token=stream, spans=spans,
             )  # fmt: skip
+            if stream is not None:
+                stream.flush()
 
     results = []
     for r, g in zip(rows, gens):
@@ -256,8 +258,6 @@ def latent_loop(
     timings = clock.timings()
     for res in results:
         res.timings_ms = timings
-    if was_training:
-        model.train()
     return results
 
 

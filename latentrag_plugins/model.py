@@ -414,15 +414,18 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             from .extras import require
 
             peft = require("peft", "train", "loading a LoRA checkpoint")
-            base = AutoModelForCausalLM.from_pretrained(
-                cfg.base_model, trust_remote_code=trust, use_safetensors=True
-            )
-            base.resize_token_embeddings(len(tok), mean_resizing=False)
             rows = _load(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
+            base = AutoModelForCausalLM.from_pretrained(  # in the dtype it was trained in
+                cfg.base_model, trust_remote_code=trust, use_safetensors=True,
+                dtype=rows["input"].dtype,
+            )  # fmt: skip
+            base.resize_token_embeddings(len(tok), mean_resizing=False)
             with torch.no_grad():
-                base.get_input_embeddings().weight[rows["ids"]] = rows["input"]
+                weight = base.get_input_embeddings().weight
+                weight[rows["ids"]] = rows["input"].to(weight.dtype)
                 if "output" in rows:
-                    base.get_output_embeddings().weight[rows["ids"]] = rows["output"]
+                    weight = base.get_output_embeddings().weight
+                    weight[rows["ids"]] = rows["output"].to(weight.dtype)
             llm = peft.PeftModel.from_pretrained(base, str(root / _ADAPTER_DIR))
             return llm.merge_and_unload()
         return _load(

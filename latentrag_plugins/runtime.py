@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -28,6 +30,44 @@ def check_store(store: Any, encoder_id: str, dim: int) -> None:
     check_compatible(store, encoder_id, dim)
     if hasattr(store, "__len__") and len(store) == 0:
         raise StoreError(f"{type(store).__name__} is empty: index some documents first")
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the block; training mode comes back however it ends."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            module.train()
+
+
+def evaluating(attr: str | None = None) -> Callable[[_Fn], _Fn]:
+    """Run an agent loop (a function or a generator) with its first argument, or that
+    argument's ``attr``, in eval mode, restored when the loop returns, raises or is closed."""
+
+    def decorate(loop: _Fn) -> _Fn:
+        def module(owner: Any) -> torch.nn.Module:
+            return getattr(owner, attr) if attr else owner
+
+        @functools.wraps(loop)
+        def run_gen(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            with eval_mode(module(owner)):
+                return (yield from loop(owner, *args, **kwargs))
+
+        @functools.wraps(loop)
+        def run(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            with eval_mode(module(owner)):
+                return loop(owner, *args, **kwargs)
+
+        return cast(_Fn, run_gen if inspect.isgeneratorfunction(loop) else run)
+
+    return decorate
 
 
 class StageClock:

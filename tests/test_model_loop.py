@@ -350,3 +350,29 @@ def test_answer_tokens_stream_in_order(model, store):
     res = model.run(Q, store, on_token=lambda row, text: pieces.append(text))
     assert len(pieces) == len(res._token_ids) - res._token_ids.index(model.ids.answer) - 1
     assert "".join(pieces).strip() == res.answer.strip() or pieces
+
+
+def test_training_mode_comes_back_when_the_loop_fails(model, store):
+    from latentrag_plugins.errors import StoreError
+
+    class Broken:
+        encoder_id, dim = model.encoder_id, model.dim
+
+        def search(self, embedding, k):
+            raise StoreError("store down")
+
+    model.train()
+    try:
+        with pytest.raises(StoreError, match="store down"):
+            model.run(Q, Broken(), min_steps=1)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_kept_latents_do_not_hold_the_whole_pass(model, store, force):
+    with force(model, "retrieve"):
+        res = model.run(Q, store, max_steps=2)
+    for lat in res._latents:
+        for t in lat.values():  # a view would keep every fed document's hidden states alive
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()

@@ -92,3 +92,19 @@ def test_text_stream_pieces_join_into_the_full_decode():
         stream(0, t)
     assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
     assert " " in "".join(pieces)  # token-by-token decoding would lose the spaces
+
+
+def test_text_stream_flush_sends_a_held_back_tail():
+    class Bytes:
+        """Decodes like a byte-level tokenizer cut inside a multi-byte character."""
+
+        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+            return "".join({1: "caf", 2: "\ufffd"}[i] for i in ids)
+
+    pieces: list[str] = []
+    stream = TextStream(Bytes(), lambda row, text: pieces.append(text))
+    stream(0, 1)
+    stream(0, 2)
+    assert pieces == ["caf"]  # waits for the rest of the character
+    stream.flush()
+    assert "".join(pieces) == "caf\ufffd"

@@ -420,7 +420,8 @@ def _lora_setup(tmp_path, tokenizer, world, wstore):
 
     tok = copy.deepcopy(tokenizer)
     base = tmp_path / "base"
-    build_llm("tiny", vocab_size=len(tok), seed=1).save_pretrained(base)
+    # Saved in bfloat16, as hub checkpoints often are; training and its added rows are float32.
+    build_llm("tiny", vocab_size=len(tok), seed=1).to(torch.bfloat16).save_pretrained(base)
     tok.save_pretrained(base)
     model = LatentRAG.init(str(base), device="cpu", max_doc_tokens=24)
     model.save_pretrained(tmp_path / "init")

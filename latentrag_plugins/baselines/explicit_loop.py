@@ -27,7 +27,7 @@ from ..errors import StoreError
 from ..extractive import SpanConstraint, source_tokens
 from ..inference import SearchRequest, search_store
 from ..results import LatentRAGResult, RetrievedDoc, Step
-from ..runtime import StageClock, check_questions, check_store
+from ..runtime import StageClock, check_questions, check_store, evaluating
 from . import search_r1 as sr1
 from .explicit_force import ExplicitForce, ForceTemplate
 
@@ -63,6 +63,7 @@ class _Turn:
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # forced mode: text spans
 
 
+@evaluating("llm")
 def explicit_loop(
     agent: ExplicitAgent,
     questions: Sequence[str],
@@ -115,8 +116,6 @@ def explicit_loop(
     templates = {m: ForceTemplate(agent, m) for m in (False, True)} if force is not None else {}
     clock = StageClock(agent.device)
     ctx = BatchedContext(agent.llm, len(rows), agent.pad_id, agent.wide_llm)
-    was_training = agent.llm.training
-    agent.llm.eval()
     for turn in range(max_turns + 1):
         live = [i for i, r in enumerate(rows) if not r.done]
         if not live:
@@ -190,8 +189,6 @@ def explicit_loop(
         r.token_ids += r.carry  # the last generated token, never fed
         r.carry = []
     timings = clock.timings()
-    if was_training:
-        agent.llm.train()
     results = []
     for r in rows:
         res = LatentRAGResult(
@@ -298,15 +295,15 @@ def _generate_round(
             t = turns[i]
             plan = plans.get(i)
             if plan is not None:
-                seq, spans = plan
+                seq, marks = plan
                 slot = seq[len(t.tokens)]
                 tok = pick[i] if slot is None else slot  # forced tag/filler, or the model's pick
                 t.tokens.append(tok)
                 if len(t.tokens) == len(seq):
-                    t.kind, t.spans = ("search" if "subquery" in spans else "answer"), spans
+                    t.kind, t.spans = ("search" if "subquery" in marks else "answer"), marks
                     active.discard(i)
                     continue
-                if "answer" in spans and len(t.tokens) >= spans["answer"][0]:
+                if "answer" in marks and len(t.tokens) >= marks["answer"][0]:
                     in_answer[i] = True
             else:
                 tok = pick[i]

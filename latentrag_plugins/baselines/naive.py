@@ -19,7 +19,7 @@ from ..context import BatchedContext, greedy_generate
 from ..errors import StoreError
 from ..inference import SearchRequest, answer_spans, search_store
 from ..results import LatentRAGResult, Step
-from ..runtime import StageClock, check_questions, check_store
+from ..runtime import StageClock, check_questions, check_store, eval_mode
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -92,9 +92,7 @@ class NaiveRAG:
                 prompt + m.prompts.information(docs, budget, cfg.max_doc_tokens) + [m.ids.answer]
             )
         ids = m.ids
-        was_training = m.training
-        m.eval()
-        with torch.inference_mode():
+        with eval_mode(m), torch.inference_mode():
             with clock.stage("prefill"):
                 ctx = BatchedContext(m.llm, len(chunks), ids.pad, m.wide_llm)
                 first = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
@@ -105,8 +103,6 @@ class NaiveRAG:
                     banned=sorted(ids.all - {ids.answer_end}),
                     spans=answer_spans(m, chunks, stop),
                 )  # fmt: skip
-        if was_training:
-            m.train()
         timings = clock.timings()
         results = []
         for q, docs, chunk, g in zip(questions, found, chunks, gens):
