@@ -148,6 +148,7 @@ def latent_loop(
             wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
             if step < min_steps:
                 wants = [True] * batch
+        used = ctx.next_pos.tolist()  # positions so far, per row (one device read)
         for i in live:
             r = rows[i]
             r.passes += 1
@@ -155,11 +156,7 @@ def latent_loop(
             r.token_ids += chunks[i]
             r.pending = []
             lat = {"think": h_think[i].clone()}  # (m, d), not a view that keeps ``hidden``
-            if (
-                speculative
-                and wants[i]
-                and not _budget_exhausted(int(ctx.next_pos[i]), cfg, answer_reserve)
-            ):
+            if speculative and wants[i] and not _budget_exhausted(used[i], cfg, answer_reserve):
                 lat["query"] = h_query[i].clone()  # (n, d)
             else:
                 r.answering = True
@@ -200,10 +197,11 @@ def latent_loop(
             )
         if found is None or len(found) != len(searching):
             raise StoreError("the search driver returned no documents for some questions")
+        used = ctx.next_pos.tolist()  # after the query slots were dropped
         for i, docs in zip(searching, found):
             r = rows[i]
             r.steps.append(Step(index=step, action="retrieve", docs=list(docs)))
-            budget = cfg.max_context_tokens - int(ctx.next_pos[i]) - m - n - answer_reserve
+            budget = cfg.max_context_tokens - used[i] - m - n - answer_reserve
             r.pending = model.prompts.information(docs, budget, cfg.max_doc_tokens)
 
     gens = [Generated([], False, 0, fed=False) for _ in rows]
