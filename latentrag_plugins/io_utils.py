@@ -64,8 +64,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
     p = Path(path)
     if not p.is_file():
         raise LatentRAGError(f"{p}: file not found")
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LatentRAGError(f"{p}:{lineno}: not valid UTF-8") from None
             if not line.strip():
                 continue
             try:

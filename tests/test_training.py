@@ -296,6 +296,9 @@ def test_prepare_save_load(tmp_path, world, wstore, prepared):
     assert batch["ref_scores"].shape == (3, len(union))
     best = batch["ref_scores"].argmax(1)
     assert batch["positives"][torch.arange(3), best].all()
+    # A batch whose first trajectory answers without retrieving (allowed by the schema).
+    batch = collate([_Ex([]), _Ex([0, 1])], data, pad_id=0)
+    assert batch["query_index"].shape == (2, 1) and batch["ref_scores"].shape[0] == 2
 
 
 def test_binned_batches():
@@ -309,6 +312,11 @@ def test_binned_batches():
     bins = [set(b) for b in plan.bins]
     assert all(any(set(b) <= bn for bn in bins) for b in ep)  # each batch from one bin
     assert plan.epoch(0) == ep and plan.epoch(1) != ep and len(plan) == len(ep)
+    # Bins hold whole batches: only one batch of an epoch may be short.
+    for n, bs, bins in [(10_000, 16, 200), (28_000, 32, 200), (17, 16, 200), (50, 8, 3)]:
+        plan = BinnedBatches(list(range(n)), batch_size=bs, n_bins=bins, seed=0)
+        sizes = sorted(len(b) for b in plan.epoch(0))
+        assert sum(sizes) == n and sizes[1:] == [bs] * (len(sizes) - 1) and len(plan) == len(sizes)
 
 
 def test_train_config():
@@ -618,3 +626,16 @@ def test_query_tower_layers_trains_only_the_last_layers(tokenizer):
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("encoder.layer.5.") for n in trainable)
     assert not any(p.requires_grad for p in m.doc_tower.parameters())
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+    from latentrag_plugins.errors import LatentRAGError
+    from latentrag_plugins.io_utils import read_jsonl
+
+    bad = tmp_path / "t.jsonl"
+    bad.write_bytes(b'{"a": 1}\n\n{"b": "\xff"}\n')
+    with pytest.raises(LatentRAGError, match=r"t\.jsonl:3: not valid UTF-8"):
+        list(read_jsonl(bad))
+    bad.write_text('{"a": 1}\n[1]\n', encoding="utf-8")
+    with pytest.raises(LatentRAGError, match=r"t\.jsonl:2: expected a JSON object"):
+        list(read_jsonl(bad))

@@ -1,9 +1,9 @@
 """Length-binned batches (paper Appendix B) and batch collation for the latent losses.
 
-Trajectories are sorted by token length and cut into ``n_bins`` bins of equal count; every batch
-is drawn from one bin, so sequences in a batch have similar lengths and padding stays small.
-The number of bins is capped so that a bin holds at least one full batch. The plan of an epoch
-depends only on ``(seed, epoch)``, so a resumed run replays exactly the same batches.
+Trajectories are sorted by token length and cut into ``n_bins`` bins of whole batches (only the
+longest bin may end with a partial one); every batch is drawn from one bin, so sequences in a
+batch have similar lengths and padding stays small. The plan of an epoch depends only on
+``(seed, epoch)``, so a resumed run replays exactly the same batches.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class BinnedBatches:
     Args:
         lengths: Token length of each example.
         batch_size: Examples per batch.
-        n_bins: Number of length bins (paper: 200), capped at ``ceil(N / batch_size)``.
+        n_bins: Number of length bins (paper: 200), capped at the number of batches.
         seed: Seed of the shuffles.
     """
 
@@ -37,8 +37,12 @@ class BinnedBatches:
         self.batch_size = batch_size
         self.seed = seed
         order = np.argsort(np.asarray(lengths), kind="stable")
-        self.n_bins = max(1, min(n_bins, math.ceil(len(lengths) / batch_size)))
-        self.bins = [b.tolist() for b in np.array_split(order, self.n_bins) if len(b)]
+        n_batches = math.ceil(len(lengths) / batch_size)
+        self.n_bins = max(1, min(n_bins, n_batches))
+        # Bins hold whole batches, so no bin leaves a small batch behind.
+        cuts = [len(c) for c in np.array_split(np.arange(n_batches), self.n_bins)]
+        ends = np.minimum(np.cumsum(cuts) * batch_size, len(lengths))
+        self.bins = [b.tolist() for b in np.split(order, ends[:-1])]
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """The batches (lists of example indices) of ``epoch``, in training order."""
@@ -117,8 +121,8 @@ def collate(
     if len(q_rows):
         own = inverse.view(top.shape)[:, :k]  # (S, k)
         positives.scatter_(1, own, True)
-    m = len(examples[0].think_pos[0]) if examples[0].think_pos else 0
-    n = len(examples[0].query_pos[0]) if q_idx else 0
+    m = len(t_idx[0]) if t_idx else 0  # (the first example may have no retrieval step)
+    n = len(q_idx[0]) if q_idx else 0
     return {
         "input_ids": ids,
         "label_index": torch.tensor(lab_idx, dtype=torch.long),

@@ -101,16 +101,19 @@ class LatentLossModule(nn.Module):
         h_query = flat[batch["query_index"]]  # (S, n, d)
         zero = flat.sum() * 0.0
         loss_ret = zero
-        if h_query.shape[0]:
-            lat = model.latent_query_embedding(h_query)  # (S, dim)
-            if self.ret_loss == "cosine":
-                loss_ret = cosine_retrieval_loss(lat, batch["ref_emb"])
-            else:
-                lat_scores = F.normalize(lat.float(), dim=-1) @ batch["cand_emb"].T  # (S, C)
-                if self.ret_loss == "infonce":
-                    loss_ret = infonce_retrieval_loss(lat_scores, batch["positives"], self.beta)
+        # In float32 even under mixed precision: scores are divided by a small beta, and the
+        # targets are exact.
+        with torch.autocast(h_query.device.type, enabled=False):
+            if h_query.shape[0]:
+                lat = model.latent_query_embedding(h_query.float())  # (S, dim)
+                if self.ret_loss == "cosine":
+                    loss_ret = cosine_retrieval_loss(lat, batch["ref_emb"])
                 else:
-                    loss_ret = kl_retrieval_loss(batch["ref_scores"], lat_scores, self.beta)
+                    lat_scores = F.normalize(lat.float(), dim=-1) @ batch["cand_emb"].T  # (S, C)
+                    if self.ret_loss == "infonce":
+                        loss_ret = infonce_retrieval_loss(lat_scores, batch["positives"], self.beta)
+                    else:
+                        loss_ret = kl_retrieval_loss(batch["ref_scores"], lat_scores, self.beta)
 
         loss_dec_t = loss_dec_s = zero
         if self.decoding_loss:

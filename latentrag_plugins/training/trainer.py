@@ -246,7 +246,8 @@ class Trainer:
                 group = mine[pos : pos + accum]
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 step_losses, grad_norm = self._step(acc, task, module, optimizer, group)
-                scheduler.step()
+                if not acc.optimizer_step_was_skipped:  # (fp16: an overflow skips the update)
+                    scheduler.step()
                 pos += len(group)
                 step += 1
                 window += step_losses
