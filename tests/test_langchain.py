@@ -396,6 +396,47 @@ async def test_cancelled_call_leaves_the_model_usable(lc_model, vs, retrieving):
     assert len(await r.ainvoke(Q, max_steps=1)) == 3
 
 
+def _finishes(main: Any, seconds: float = 120) -> Any:
+    """Run ``asyncio.run(main())`` in a thread; fail (instead of hanging) if it deadlocks."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(value=asyncio.run(main())), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the event loop deadlocked"
+    return out["value"]
+
+
+def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
+    """Streaming answer tokens wait for the event loop while holding the model lock, so the loop
+    must never wait for that lock (it did when a finished or cancelled call closed its loop)."""
+    import copy
+
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    model = copy.deepcopy(lc_model)  # its own lock: a deadlock here cannot stall other tests
+    chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
+    questions = [Q, "Who was Pierre Curie?", "Where is Warsaw?", "What is the Vistula?"] * 2
+    want = [chain.invoke(q)["answer"] for q in questions]
+
+    class CancelOnFirstToken(AsyncCallbackHandler):
+        task: asyncio.Task | None = None
+
+        async def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            if name == TOKEN and self.task is not None:
+                self.task.cancel()
+
+    async def main() -> tuple[list[str], str]:
+        outs = await asyncio.gather(*(chain.ainvoke(q) for q in questions))
+        handler = CancelOnFirstToken()
+        handler.task = asyncio.ensure_future(chain.ainvoke(Q, {"callbacks": [handler]}))
+        with pytest.raises(asyncio.CancelledError):
+            await handler.task
+        return [o["answer"] for o in outs], (await chain.ainvoke(Q))["answer"]
+
+    got, after = _finishes(main)
+    assert got == want and after == want[0]
+
+
 # ---------------------------------------------------------------------------------- chain
 def test_chain_output_and_inputs(lc_model, vs, retrieving):
     chain = LatentRAGChain(model=lc_model, vectorstore=vs, top_k=2, max_steps=2)

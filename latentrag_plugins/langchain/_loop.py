@@ -8,7 +8,8 @@ events to the row's callbacks.
 
 Model forward passes hold the model's lock (:func:`~latentrag_plugins.live.model_lock`); in
 :func:`adrive` they run in a worker thread so the event loop stays free, while the store is
-searched with its native async API on the loop.
+searched with its native async API on the loop. The event loop never waits for that lock: the
+thread holding it may be waiting for the loop (to dispatch its answer tokens).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ async def adrive(
     lock, hits = model_lock(model), [{} for _ in questions]
     decoder = LiveDecoder(model, len(questions)) if opts.decode else None
     gen = _start(model, questions, opts, on_token)
+    req: SearchRequest | _Done | None = None
     try:
         req = await asyncio.to_thread(_advance, gen, None, lock)
         while isinstance(req, SearchRequest):
@@ -174,7 +176,10 @@ async def adrive(
                 yield event
             req = await asyncio.to_thread(_advance, gen, docs, lock)
     finally:
-        _close(gen, lock)
+        if not isinstance(req, _Done):  # stopped early (cancelled, closed, failed)
+            # Closed in a worker thread, without waiting: the loop's own worker thread may
+            # still be in a forward pass (a cancelled to_thread runs on), holding the lock.
+            asyncio.get_running_loop().run_in_executor(None, _close, gen, lock)
     if decoder is not None:
         await asyncio.to_thread(decoder.finish, req.results)
     for event in _final_events(req.results, opts.decode):
