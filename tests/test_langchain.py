@@ -309,6 +309,9 @@ def test_search_kwargs_reach_the_store(lc_model, vs, retrieving):
     )
     assert {d.id for d in r.invoke(Q)} <= keep
     assert {d.id for d in r.invoke(Q, filter=lambda d: d.id == "d5")} == {"d5"}
+    for cls in (LatentRAGRetriever, LatentRAGChain):  # as_retriever's k has its own fields
+        with pytest.raises(ValueError, match="top_k"):
+            cls(model=lc_model, vectorstore=vs, search_kwargs={"k": 4})
 
 
 # ---------------------------------------------------------------------------------- stores

@@ -52,6 +52,11 @@ class StoreSearcher:
 
     def __init__(self, store: Any, search_kwargs: dict[str, Any] | None = None) -> None:
         self.store, self.kwargs = store, dict(search_kwargs or {})
+        if "k" in self.kwargs:
+            raise ValueError(
+                "search_kwargs must not set 'k': LatentRAG sets the documents of each latent "
+                "step with top_k (and the retriever's total with k)"
+            )
         self.name = type(store).__name__
         self.sync = next((m for m in (_SYNC_SCORED, _SYNC) if _own(store, m)), None)
         self.native_async = next((m for m in (_ASYNC_SCORED, _ASYNC) if _own(store, m)), None)

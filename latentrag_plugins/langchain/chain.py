@@ -95,7 +95,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
 
     @model_validator(mode="after")
     def _check_store(self) -> LatentRAGChain:
-        StoreSearcher(self.vectorstore)  # raises if the store can't search by vector
+        StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
         self._dim_checked = check_store(self.vectorstore, self.model)
         return self
 

@@ -84,7 +84,7 @@ class LatentRAGRetriever(BaseRetriever):
 
     @model_validator(mode="after")
     def _check_store(self) -> LatentRAGRetriever:
-        StoreSearcher(self.vectorstore)  # raises if the store can't search by vector
+        StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
         self._dim_checked = check_store(self.vectorstore, self.model)
         if self.tags is None:
             self.tags = self._store_tags()
