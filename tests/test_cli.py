@@ -72,3 +72,17 @@ def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, capsys):
     bad.write_text('{"id": 1, "contents": "ok"}\nnot json\n')
     assert main(["index", str(bad), str(tmp_path / "i")]) == 1
     assert "bad.jsonl:2" in capsys.readouterr().err
+    # Output paths that cannot be written are refused before any work, without a traceback.
+    (tmp_path / "file").write_text("")
+    for argv, said in [
+        (
+            ["eval", "--model", "demo", "--index", ".", "--questions", "q", "--json", "."],
+            "directory",
+        ),
+        (["bench", "--json", str(tmp_path / "file" / "r.json")], "is a file"),
+        (["world", "--seed", "1", "--out", str(tmp_path / "file")], "is a file"),
+        (["init", "--base-model", "random:tiny", str(tmp_path / "file")], "Not a directory"),
+    ]:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, argv

@@ -168,6 +168,14 @@ def test_missing_or_corrupt_files_named(store: FaissStore, tmp_path: Path, name:
         FaissStore.load(tmp_path / "nowhere")
 
 
+def test_non_utf8_documents_file_is_a_store_error(store: FaissStore, tmp_path: Path) -> None:
+    store.save(tmp_path / "idx")
+    docs = tmp_path / "idx" / "docs.jsonl"
+    docs.write_bytes(docs.read_bytes().replace(b"Paris", b"Par\xffs", 1))
+    with pytest.raises(StoreError, match=r"docs\.jsonl:1: corrupt document line"):
+        FaissStore.load(tmp_path / "idx", use_gpu=False)
+
+
 def test_atomic_save_keeps_old_store(
     enc: HashEncoder, store: FaissStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

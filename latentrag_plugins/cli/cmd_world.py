@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     """Generate the world and write its files; returns the exit code."""
     from ..errors import LatentRAGError
     from ..world import build_dataset, write_dataset
+    from .common import check_output_dir
 
+    check_output_dir(args.out)
     search = args.search or _default_search()
     make_search = None
     if search == "minilm":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -79,3 +80,25 @@ def print_json(obj: Any) -> None:
         obj = obj.model_dump(mode="json")
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def check_output_files(*paths: str | None) -> None:
+    """Refuse, before any long work, output file paths that could not be written: an existing
+    directory, or a path under a file. None and ``-`` (stdout) pass."""
+    for p in paths:
+        if p is None or p == "-":
+            continue
+        path = Path(p)
+        if path.is_dir():
+            raise ValueError(f"{p}: is a directory; give a file path")
+        ancestor = next((a for a in path.parents if a.exists()), None)
+        if ancestor is not None and not ancestor.is_dir():
+            raise ValueError(f"{p}: {ancestor} is a file, not a directory")
+
+
+def check_output_dir(p: str) -> None:
+    """Refuse, before any long work, an output directory path that is an existing file."""
+    path = Path(p)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{p}: is a file; give a directory path")
+    check_output_files(str(path / "_"))  # no ancestor may be a file either

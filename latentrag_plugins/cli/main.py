@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_hub_progress()
     try:
         return int(args.func(args) or 0)
-    except (LatentRAGError, FileNotFoundError, ValueError, ImportError) as exc:
+    except (LatentRAGError, OSError, ValueError, ImportError) as exc:  # OSError: paths, disks
         if args.verbose:
             raise
         print(f"latentrag {args.command}: error: {exc}", file=sys.stderr)

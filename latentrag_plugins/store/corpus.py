@@ -156,14 +156,21 @@ def read_docs_jsonl(
     texts: list[str] = []
     meta: list[dict[str, Any]] = []
     any_meta = False
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             try:
-                row = json.loads(line)
+                row = json.loads(raw)  # (bytes: UTF-8 is checked)
                 ids.append(str(row["id"]))
+                if not isinstance(row["contents"], str):
+                    raise TypeError("contents is not a string")
                 texts.append(row["contents"])
                 m = row.get("metadata") or {}
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ) as exc:  # ValueError: JSON, UTF-8
                 raise StoreError(f"{path}:{lineno}: corrupt document line ({exc!r})") from None
             any_meta = any_meta or bool(m)
             meta.append(m)
