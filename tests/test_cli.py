@@ -82,6 +82,7 @@ def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, capsys):
         (["bench", "--json", str(tmp_path / "file" / "r.json")], "is a file"),
         (["world", "--seed", "1", "--out", str(tmp_path / "file")], "is a file"),
         (["init", "--base-model", "random:tiny", str(tmp_path / "file")], "Not a directory"),
+        (["demo", "--json", "--question", "Who?"], "leave out --question"),
     ]:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.question is not None and not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
+    if args.question is not None and args.json:
+        raise ValueError("--json reports the test split; leave out --question (or --json)")
     model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(args.dtype))
     explicit = ExplicitAgent.from_pretrained(
         "demo-explicit", device=args.device, **dtype_kwargs(args.explicit_dtype)
