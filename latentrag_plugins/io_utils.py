@@ -22,11 +22,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "tmp"
     try:
         yield tmp
         if target.is_dir() and tmp.is_dir():
-            old = target.with_name(f".{target.name}.old")
+            old = _old_name(target)
             if old.exists():
                 shutil.rmtree(old)
             target.rename(old)
@@ -36,6 +37,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _old_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted(path: str | os.PathLike[str]) -> None:
+    """Put back a directory that :func:`atomic_path` had moved aside when the process died
+    between its two renames (the only moment no version is at ``path``)."""
+    target = Path(path)
+    old = _old_name(target)
+    if not target.exists() and old.is_dir():
+        old.rename(target)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -168,6 +168,13 @@ def test_missing_or_corrupt_files_named(store: FaissStore, tmp_path: Path, name:
         FaissStore.load(tmp_path / "nowhere")
 
 
+def test_a_save_cut_between_its_two_renames_is_recovered(store: FaissStore, tmp_path: Path) -> None:
+    store.save(tmp_path / "idx")
+    (tmp_path / "idx").rename(tmp_path / ".idx.old")  # where a crash mid-swap leaves it
+    assert len(FaissStore.load(tmp_path / "idx", use_gpu=False)) == len(store)
+    assert not (tmp_path / ".idx.old").exists()
+
+
 def test_non_utf8_documents_file_is_a_store_error(store: FaissStore, tmp_path: Path) -> None:
     store.save(tmp_path / "idx")
     docs = tmp_path / "idx" / "docs.jsonl"

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import StoreError
 from ..extras import require
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, restore_interrupted
 from ..results import RetrievedDoc
 from .base import Encoder, check_compatible
 from .corpus import read_docs_jsonl, write_docs_jsonl
@@ -412,6 +412,7 @@ class FaissStore:
             EncoderMismatchError: If ``encoder_id`` or ``dim`` differ from the manifest's.
         """
         root = Path(path)
+        restore_interrupted(root)
         if not root.is_dir():
             raise StoreError(f"{root}: store directory not found")
         mpath = root / MANIFEST_FILE
