@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -370,6 +371,46 @@ def test_query_engine_response_streaming_and_async(lmodel, index, collect):
     assert astream.metadata["latent_steps"] == meta["latent_steps"]
     spans = {e.span_id.split("-")[0] for e in collect.events}
     assert spans == {"LatentRAGQueryEngine._query", "LatentRAGQueryEngine._aquery"}
+
+
+def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
+    """Cancelling an async streaming query before its answer starts, or closing its stream
+    early, cancels the loop task (instead of letting it generate on, holding the model lock)."""
+    engine = LatentRAGQueryEngine(model=lmodel, index=index, streaming=True)
+    tokens_out: dict[str, Any] = {}
+    cancelled: list[bool] = []
+
+    def plan(*args: Any, on_token: Any, **kwargs: Any) -> None:
+        tokens_out["emit"] = on_token
+
+    async def run_plan(plan: Any, answer: bool) -> None:
+        try:
+            if answer:
+                tokens_out["emit"](0, "Warsaw")
+            await asyncio.Event().wait()  # a loop that would go on and on
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main(answer: bool) -> None:
+        monkeypatch.setattr(engine._driver, "arun_plan", lambda p: run_plan(p, answer))
+        if answer:
+            stream = (await engine.aquery(Q)).async_response_gen()
+            assert await anext(stream) == "Warsaw"
+            await stream.aclose()
+        else:
+            task = asyncio.create_task(engine.aquery(Q))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.05)
+        assert cancelled == [True], answer  # now, not when asyncio.run cancels what is left
+
+    monkeypatch.setattr(engine._driver, "plan", plan)
+    for answer in (False, True):
+        cancelled.clear()
+        asyncio.run(main(answer))
 
 
 # ---------------------------------------------------------------------------------- agents

@@ -231,25 +231,31 @@ class LatentRAGQueryEngine(BaseQueryEngine):
                 items.put_nowait(("error", exc))
 
         task = asyncio.create_task(work())  # copies the context: events stay in the query span
-        first = await items.get()
+        try:
+            first = await items.get()
+        except asyncio.CancelledError:  # the caller gave up: so does the loop
+            task.cancel()
+            raise
         if first[0] == "error":
             raise first[1]
         metadata: dict[str, Any] = {}
 
         async def tokens() -> AsyncGenerator[str, None]:
             kind, value = first
-            _ = task  # keep the task referenced while the stream is alive
-            while True:
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    metadata.update(response_metadata(value[0]))
-                    if value[1].empty:
-                        yield EMPTY_RESPONSE
-                    return
-                if value:
-                    yield value
-                kind, value = await items.get()
+            try:
+                while True:
+                    if kind == "error":
+                        raise value
+                    if kind == "done":
+                        metadata.update(response_metadata(value[0]))
+                        if value[1].empty:
+                            yield EMPTY_RESPONSE
+                        return
+                    if value:
+                        yield value
+                    kind, value = await items.get()
+            finally:  # the consumer stopped early (closed, cancelled): stop the loop too
+                task.cancel()
 
         return AsyncStreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
 
