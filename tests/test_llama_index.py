@@ -496,3 +496,15 @@ def test_engine_in_a_workflow_step(lmodel, index):
     assert isinstance(response, Response) and response.source_nodes
     steps = [e for e in events if isinstance(e, LatentStepStreamEvent)]
     assert [s.step for s in steps] == [0, 1]
+
+
+def test_a_node_without_score_reports_none_not_zero():
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from latentrag_plugins.llama_index._driver import to_doc
+    from latentrag_plugins.llama_index.query_engine import response_metadata
+    from latentrag_plugins.results import LatentRAGResult, Step
+
+    doc = to_doc(NodeWithScore(node=TextNode(text="Warsaw", id_="w"), score=None))
+    res = LatentRAGResult(answer="a", steps=[Step(index=0, action="retrieve", docs=[doc])])
+    assert response_metadata(res)["latent_steps"][0]["scores"] == [None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ def to_doc(nws: NodeWithScore) -> RetrievedDoc:
     title = node.metadata.get("title")
     if isinstance(title, str) and title.strip() and not text.startswith(title):
         text = f"{title}\n{text}"
-    score = float(nws.score) if nws.score is not None else 0.0
+    score = float(nws.score) if nws.score is not None else math.nan  # "no score", not 0
     return RetrievedDoc(id=node.node_id, text=text, score=score, metadata=dict(node.metadata))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import os
 import queue
 import threading
@@ -53,7 +54,7 @@ def response_metadata(result: LatentRAGResult) -> dict[str, Any]:
             "thought": s.thought,
             "subquery": s.subquery,
             "node_ids": [d.id for d in s.docs],
-            "scores": [d.score for d in s.docs],
+            "scores": [None if math.isnan(d.score) else d.score for d in s.docs],
         }
         for s in result.steps
     ]
