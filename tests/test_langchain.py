@@ -569,6 +569,18 @@ def test_chain_as_langgraph_node(lc_model, vs, retrieving):
     out = graph.compile().invoke({"question": Q})
     assert out["question"] == Q and out["answer"] and len(out["source_documents"]) == 3
 
+    from pydantic import BaseModel
+
+    class ModelState(BaseModel):  # LangGraph states may be pydantic models too
+        question: str
+        answer: str = ""
+
+    graph = StateGraph(ModelState)
+    graph.add_node("rag", LatentRAGChain(model=lc_model, vectorstore=vs, max_steps=1))
+    graph.add_edge(START, "rag")
+    graph.add_edge("rag", END)
+    assert graph.compile().invoke(ModelState(question=Q))["answer"] == out["answer"]
+
 
 # ---------------------------------------------------------------------------------- events
 def test_retriever_events_reach_a_callback_handler(lc_model, vs, retrieving):

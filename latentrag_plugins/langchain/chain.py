@@ -107,6 +107,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     def _question(self, value: Any) -> str:
         if isinstance(value, Mapping):
             value = next((value[k] for k in _QUESTION_KEYS if k in value), None)
+        elif not isinstance(value, str):  # e.g. a LangGraph state that is a pydantic model
+            value = next((getattr(value, k) for k in _QUESTION_KEYS if hasattr(value, k)), value)
         return check_question(value, type(self).__name__)
 
     def _prepare(self) -> tuple[StoreSearcher, LoopOptions]:
