@@ -91,9 +91,7 @@ def check_output_files(*paths: str | None) -> None:
         path = Path(p)
         if path.is_dir():
             raise ValueError(f"{p}: is a directory; give a file path")
-        ancestor = next((a for a in path.parents if a.exists()), None)
-        if ancestor is not None and not ancestor.is_dir():
-            raise ValueError(f"{p}: {ancestor} is a file, not a directory")
+        _check_ancestors(path)
 
 
 def check_output_dir(p: str) -> None:
@@ -101,4 +99,11 @@ def check_output_dir(p: str) -> None:
     path = Path(p)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{p}: is a file; give a directory path")
-    check_output_files(str(path / "_"))  # no ancestor may be a file either
+    _check_ancestors(path)
+
+
+def _check_ancestors(path: Path) -> None:
+    """Raise if the nearest existing ancestor of ``path`` is a file."""
+    ancestor = next((a for a in path.parents if a.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"{path}: {ancestor} is a file, not a directory")
