@@ -363,7 +363,8 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
             wide_dtype: Dtype of an LLM copy that runs passes over many tokens (default none;
                 ``torch.bfloat16`` beside float32 is ``--dtype mixed``).
-            trust_remote_code: Override the checkpoint's setting (off unless asked for).
+            trust_remote_code: Run custom model code that the checkpoint's models need. Off
+                unless you pass True: the checkpoint's own config never turns it on.
 
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
@@ -374,7 +375,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
         cfg = LatentRAGConfig.load(root / "config.json")
-        trust = cfg.trust_remote_code if trust_remote_code is None else trust_remote_code
+        trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
         tok = _load(
             root / _TOKENIZER_DIR,
             "tokenizer",
@@ -461,16 +462,21 @@ def _load(path: Path, what: str, loader: Any) -> Any:
 
 
 def load_document_tower(
-    path: str | os.PathLike[str], *, device: str | torch.device | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool | None = None,
 ) -> EncoderTower:
-    """Load only the frozen document tower of a checkpoint (for indexing, without the LLM)."""
+    """Load only the frozen document tower of a checkpoint (for indexing, without the LLM);
+    ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
     from .demo.assets import resolve_checkpoint
 
     root = resolve_checkpoint(path)
     cfg = LatentRAGConfig.load(root / "config.json")
     ret_dir = root / _RETRIEVER_DIR
     source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
-    enc, tok, _ = load_encoder(source, trust_remote_code=cfg.trust_remote_code)
+    trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
+    enc, tok, _ = load_encoder(source, trust_remote_code=trust)
     tower = EncoderTower.from_config(enc, tok, cfg)
     return tower.to(torch.device(device) if device else default_device()).eval()
 
@@ -487,3 +493,15 @@ def retriever_tower(name: str, *, device: str | torch.device | None = None) -> E
         encoder_id=canonical_retriever_id(name),
     )
     return tower.to(torch.device(device) if device else default_device()).eval()
+
+
+def _trust(root: Path, recorded: bool, asked: bool | None) -> bool:
+    """Whether to run custom model code: only when the caller asks (DESIGN §5); a checkpoint
+    made with it only gets a warning saying how to ask."""
+    if recorded and not asked:
+        log.warning(
+            "%s was made with trust_remote_code=True; its custom model code is not run unless "
+            "you pass trust_remote_code=True (CLI: --trust-remote-code) for a source you trust",
+            root,
+        )
+    return bool(asked)

@@ -156,3 +156,35 @@ def test_loading_in_bf16_on_cpu_moves_the_towers_too(saved, store, force):
     assert res.steps[0].docs  # the bf16 query embedding searches the float32 index
     half = LatentRAG.from_pretrained(saved, device="cpu", dtype=torch.float16)
     assert next(half.doc_tower.parameters()).dtype == torch.float32  # no fast fp16 on CPU
+
+
+def test_a_checkpoint_cannot_turn_on_remote_code_itself(saved, tmp_path, monkeypatch, caplog):
+    """DESIGN §5: custom model code runs only when the caller asks, whatever the config says."""
+    import latentrag_plugins.encoder as encoder_mod
+    import latentrag_plugins.model as model_mod
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "trust_remote_code": True}))
+    seen: list[bool] = []
+    real_tok, real_enc = model_mod.load_tokenizer, encoder_mod.load_encoder
+
+    def tok(path, trust=False):
+        seen.append(trust)
+        return real_tok(path, trust)
+
+    def enc(name, *, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        return real_enc(name, trust_remote_code=trust_remote_code)
+
+    monkeypatch.setattr(model_mod, "load_tokenizer", tok)
+    monkeypatch.setattr(model_mod, "load_encoder", enc)
+    with caplog.at_level("WARNING"):
+        LatentRAG.from_pretrained(ckpt, device="cpu")
+        model_mod.load_document_tower(ckpt, device="cpu")
+    assert seen and not any(seen)
+    assert "--trust-remote-code" in caplog.text
+    seen.clear()
+    LatentRAG.from_pretrained(ckpt, device="cpu", trust_remote_code=True)
+    assert seen and all(seen)

@@ -336,13 +336,13 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             CheckpointError: A file is missing or corrupt; the message names it.
         """
         from ..demo.assets import resolve_checkpoint
-        from ..model import _load, default_device, default_dtype
+        from ..model import _load, _trust, default_device, default_dtype
 
         root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
         cfg = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
-        trust = cfg.trust_remote_code if trust_remote_code is None else trust_remote_code
+        trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
         tok = _load(
             root / _TOKENIZER_DIR,
             "tokenizer",

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     store = load_index(args.index, model)
     if args.extractive:
         model.config.extractive_answers = True

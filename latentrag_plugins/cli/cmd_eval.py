@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_latent and not baselines:
         raise ValueError("--no-latent needs at least one --baselines entry")
     questions = read_questions(args.questions, limit=args.limit)
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     store = load_index(args.index, model)
     if args.extractive:
         model.config.extractive_answers = True
@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
             from ..baselines.explicit import ExplicitAgent
 
             agent = ExplicitAgent.from_pretrained(
-                arg, device=args.device, **dtype_kwargs(args.explicit_dtype)
-            )
+                arg, device=args.device, trust_remote_code=args.trust_remote_code,
+                **dtype_kwargs(args.explicit_dtype),
+            )  # fmt: skip
             if args.extractive:
                 agent.config.extractive_answers = True
             name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg
+from .common import add_device_arg, add_trust_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="Embedding batch size (default 64).")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
     add_device_arg(p)
+    add_trust_arg(p)
     p.set_defaults(func=run)
     return p
 
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from .common import print_json
 
     if args.model:
-        tower = load_document_tower(args.model, device=args.device)
+        tower = load_document_tower(
+            args.model, device=args.device, trust_remote_code=args.trust_remote_code
+        )
     else:
         tower = retriever_tower(
             args.retriever or "sentence-transformers/all-MiniLM-L6-v2", device=args.device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg
+from .common import add_device_arg, add_trust_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="Embedding batch size (64).")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
     add_device_arg(p)
+    add_trust_arg(p)
     p.set_defaults(func=run)
     return p
 
@@ -48,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.beta is not None and args.calibrate_beta:
         raise ValueError("pass either --beta or --calibrate-beta, not both")
     trajs = read_trajectories(args.trajectories)
-    tower = load_document_tower(args.model, device=args.device)
+    tower = load_document_tower(
+        args.model, device=args.device, trust_remote_code=args.trust_remote_code
+    )
     store = FaissStore.load(args.index, encoder_id=tower.encoder_id, dim=tower.dim)
     data = prepare(
         tower,

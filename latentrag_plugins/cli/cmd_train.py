@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from .common import add_trust_arg
 
 # CLI flag -> (TrainConfig field, value when the flag is a switch)
 _SWITCHES = {
@@ -33,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--model", required=True, metavar="DIR", help="Checkpoint to start from.")
+    add_trust_arg(p)
     p.add_argument(
         "--data",
         required=True,
@@ -138,7 +142,18 @@ def run(args: argparse.Namespace) -> int:
     from .common import print_json
 
     cfg = build_config(args)
-    trainer = Trainer(args.model, args.data, args.out, cfg)
+    model: Any = args.model
+    if args.trust_remote_code:  # loaded here, where custom code may run: the trainer moves it
+        import torch
+
+        if cfg.mode == "explicit":
+            from ..baselines.explicit import ExplicitAgent as loader
+        else:
+            from ..model import LatentRAG as loader
+        model = loader.from_pretrained(
+            args.model, device="cpu", dtype=torch.float32, trust_remote_code=True
+        )
+    trainer = Trainer(model, args.data, args.out, cfg)
     summary = trainer.train(resume=args.resume, show_progress=not args.no_progress)
     if not trainer.is_main_process:  # distributed run: one report is enough
         return 0

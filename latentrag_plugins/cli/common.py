@@ -10,9 +10,20 @@ from typing import Any
 
 
 def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--model DIR``: a LatentRAG checkpoint directory."""
+    """``--model DIR``: a LatentRAG checkpoint directory (and ``--trust-remote-code``)."""
     p.add_argument(
         "--model", required=required, metavar="DIR", help="LatentRAG checkpoint directory."
+    )
+    add_trust_arg(p)
+
+
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code``: run custom model code that checkpoints need (never implied)."""
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Run custom model code that the checkpoints' models need (only for sources you "
+        "trust; a checkpoint's config never turns this on).",
     )
 
 
@@ -60,11 +71,15 @@ def dtype_kwargs(name: str | None) -> dict[str, Any]:
     return {"dtype": getattr(torch, name), "wide_dtype": None}
 
 
-def load_model(path: str, device: str | None = None, dtype: str | None = None) -> Any:
+def load_model(
+    path: str, device: str | None = None, dtype: str | None = None, trust: bool = False
+) -> Any:
     """Load a LatentRAG checkpoint."""
     from ..model import LatentRAG
 
-    return LatentRAG.from_pretrained(path, device=device, **dtype_kwargs(dtype))
+    return LatentRAG.from_pretrained(
+        path, device=device, trust_remote_code=trust, **dtype_kwargs(dtype)
+    )
 
 
 def load_index(path: str, model: Any) -> Any:
