@@ -15,14 +15,22 @@ from .errors import LatentRAGError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
 
     Works for files and for directories (the block creates what it needs at the yielded path).
+    A directory replaces the whole of an existing one: with ``marker``, an existing non-empty
+    directory without that file (so not one of ours) is refused instead, before any work.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     restore_interrupted(target)
+    foreign = marker is not None and target.is_dir() and not (target / marker).exists()
+    if foreign and any(target.iterdir()):
+        raise LatentRAGError(
+            f"{target}: directory is not empty and has no {marker}, so it is not a "
+            "checkpoint to replace; refusing to delete its contents (choose another path)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "tmp"
     try:
         yield tmp

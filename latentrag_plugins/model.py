@@ -297,7 +297,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         ``proj_query/``, ``query_tower.safetensors`` (tensors that differ from the frozen document
         tower) and, with ``include_retriever`` or an in-memory retriever, ``retriever/``.
         """
-        with atomic_path(path) as tmp:
+        with atomic_path(path, marker="config.json") as tmp:
             tmp.mkdir()
             cfg = self.config.model_copy()
             self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)

@@ -188,3 +188,19 @@ def test_a_checkpoint_cannot_turn_on_remote_code_itself(saved, tmp_path, monkeyp
     seen.clear()
     LatentRAG.from_pretrained(ckpt, device="cpu", trust_remote_code=True)
     assert seen and all(seen)
+
+
+def test_saving_never_wipes_a_directory_that_is_not_a_checkpoint(model, tmp_path):
+    from latentrag_plugins.errors import LatentRAGError
+
+    home = tmp_path / "models"
+    home.mkdir()
+    (home / "thesis.txt").write_text("years of work")
+    with pytest.raises(LatentRAGError, match="refusing to delete"):
+        model.save_pretrained(home)
+    with pytest.raises(LatentRAGError, match="refusing to delete"):
+        model.proj_ret.save(home)
+    assert (home / "thesis.txt").read_text() == "years of work"
+    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "ckpt")  # replacing a checkpoint is fine
+    assert (tmp_path / "ckpt" / "config.json").is_file()

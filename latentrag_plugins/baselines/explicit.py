@@ -308,7 +308,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         """
         from ..model import _loadable
 
-        with atomic_path(path) as tmp:
+        with atomic_path(path, marker=EXPLICIT_CONFIG_FILE) as tmp:
             tmp.mkdir()
             self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)
             self.llm.save_pretrained(tmp / _LLM_DIR, safe_serialization=True)

@@ -33,7 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="Allow custom model code from the hub."
     )
-    p.add_argument("--force", action="store_true", help="Overwrite OUT if it exists.")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Replace OUT if it is a checkpoint (other non-empty directories are never deleted).",
+    )
     p.add_argument(
         "--explicit",
         action="store_true",
