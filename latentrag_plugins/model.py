@@ -420,7 +420,10 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                 cfg.base_model, trust_remote_code=trust, use_safetensors=True,
                 dtype=rows["input"].dtype,
             )  # fmt: skip
-            base.resize_token_embeddings(len(tok), mean_resizing=False)
+            if (
+                len(tok) > base.get_input_embeddings().weight.shape[0]
+            ):  # grown as at init, never cut
+                base.resize_token_embeddings(len(tok), mean_resizing=False)
             with torch.no_grad():
                 weight = base.get_input_embeddings().weight
                 weight[rows["ids"]] = rows["input"].to(weight.dtype)

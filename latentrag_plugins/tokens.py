@@ -95,17 +95,23 @@ def add_control_tokens(tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: in
     new = [
         t for t in control_tokens(m, n) if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
     ]
-    old_rows = _add_special_rows(tok, llm, new)
-    _init_rows(tok, llm, m, n, old_rows)
+    old_len = _add_special_rows(tok, llm, new)
+    _init_rows(tok, llm, m, n, old_len)
 
 
 def _add_special_rows(tok: PreTrainedTokenizerBase, llm: PreTrainedModel, new: list[str]) -> int:
-    """Add ``new`` as special tokens and grow the LLM's embeddings; returns the old row count."""
+    """Add ``new`` as special tokens and grow the LLM's embeddings if they are too few.
+
+    Returns:
+        The tokenizer's length before: ids from there on are new. (Not the embedding row
+        count: many LLMs pad their matrix past the vocabulary, e.g. Qwen2.5's 152,064 rows for
+        151,665 tokens, and the new tokens then take unused padding rows.)
+    """
+    old_len = len(tok)
     tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-    old_rows = llm.get_input_embeddings().weight.shape[0]
-    if len(tok) > old_rows:
+    if len(tok) > llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(len(tok), mean_resizing=False)
-    return old_rows
+    return old_len
 
 
 @torch.no_grad()
@@ -127,21 +133,21 @@ def _mean_rows(
 
 @torch.no_grad()
 def _init_rows(
-    tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: int, n: int, old_rows: int
+    tok: PreTrainedTokenizerBase, llm: PreTrainedModel, m: int, n: int, old_len: int
 ) -> None:
     emb_in = llm.get_input_embeddings().weight  # (V, d)
-    std = emb_in[:old_rows].float().std().item()
+    std = emb_in[:old_len].float().std().item()
     gen = torch.Generator().manual_seed(0)
     rows: dict[int, tuple[list[int], torch.Tensor | None]] = {}
     for t in control_tokens(m, n):
         tid = tok.convert_tokens_to_ids(t)
-        if tid < old_rows:
+        if tid < old_len:
             continue
         key = "think" if t.startswith("<think_") else "query" if t.startswith("<query_") else t
         ids = [
-            i for i in tok(_INIT_WORDS[key], add_special_tokens=False)["input_ids"] if i < old_rows
+            i for i in tok(_INIT_WORDS[key], add_special_tokens=False)["input_ids"] if i < old_len
         ]
-        ids = ids or list(range(min(old_rows, 16)))
+        ids = ids or list(range(min(old_len, 16)))
         rows[tid] = (ids, torch.randn(emb_in.shape[1], generator=gen) * std * 0.1)  # offset (d,)
     _mean_rows(llm, rows)
 
@@ -161,11 +167,11 @@ def add_tag_tokens(
     new = [t for t in tags if tok.decode(pieces[t]).strip() != t]
     if not new:
         return []
-    old_rows = _add_special_rows(tok, llm, new)
+    old_len = _add_special_rows(tok, llm, new)
     rows: dict[int, tuple[list[int], torch.Tensor | None]] = {}
     for t in new:
-        tid, ids = tok.convert_tokens_to_ids(t), [i for i in pieces[t] if i < old_rows]
-        if tid >= old_rows and ids:
+        tid, ids = tok.convert_tokens_to_ids(t), [i for i in pieces[t] if i < old_len]
+        if tid >= old_len and ids:
             rows[tid] = (ids, None)
     _mean_rows(llm, rows)
     return new

@@ -204,3 +204,26 @@ def test_saving_never_wipes_a_directory_that_is_not_a_checkpoint(model, tmp_path
     model.save_pretrained(tmp_path / "ckpt")
     model.save_pretrained(tmp_path / "ckpt")  # replacing a checkpoint is fine
     assert (tmp_path / "ckpt" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("padding", [0, 64])
+def test_control_rows_start_from_descriptive_words_even_in_a_padded_vocabulary(padding):
+    """LLMs often pad their embedding matrix past the vocabulary (Qwen2.5: 152,064 rows for
+    151,665 tokens); the control tokens then take padding rows, which must be initialised too."""
+    from latentrag_plugins.model_zoo import build_llm, build_tokenizer
+    from latentrag_plugins.tokens import _INIT_WORDS, add_control_tokens
+
+    tok = build_tokenizer()
+    llm = build_llm("tiny", vocab_size=len(tok) + padding, seed=3)
+    before = llm.get_input_embeddings().weight.detach().clone()
+    old_len = len(tok)
+    add_control_tokens(tok, llm, 2, 3)
+    emb = llm.get_input_embeddings().weight.detach()
+    assert emb.shape[0] == max(len(tok), old_len + padding)
+    answer = tok.convert_tokens_to_ids("<answer>")
+    words = tok(_INIT_WORDS["<answer>"], add_special_tokens=False)["input_ids"]
+    mean = emb[words].mean(0)
+    assert answer >= old_len
+    if padding:  # the row existed (a padding row): it was re-initialised
+        assert not torch.equal(emb[answer], before[answer])
+    assert torch.cosine_similarity(emb[answer], mean, dim=0) > 0.95
