@@ -197,8 +197,9 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def untrusted(self, text: str) -> list[int]:
-        """Token ids of user/document text; special-token strings in it stay plain text."""
-        return encode_untrusted(self.tokenizer, text, self.specials)
+        """Token ids of user/document text; special-token strings in it stay plain text, and
+        protocol tags in it are made inert (:func:`search_r1.defang`)."""
+        return encode_untrusted(self.tokenizer, sr1.defang(text), self.specials)
 
     def prompt_ids(self, question: str) -> list[int]:
         """Search-R1's prompt: instruction, ``Question: {question}`` and a newline."""

@@ -50,6 +50,13 @@ STOP_STRINGS = (SEARCH_END, ANSWER_END)
 _TAG = re.compile(r"<(/?)(think|search|information|answer)>")
 
 
+def defang(text: str) -> str:
+    """Untrusted text (documents, questions) with every protocol tag made inert (``<answer>`` ->
+    ``‹answer>``), so that it can neither look like the agent's markup to the model nor to
+    :func:`parse_blocks`, whatever the tokenizer does with tags."""
+    return _TAG.sub(lambda m: "\u2039" + m.group(0)[1:], text)
+
+
 @dataclass(frozen=True)
 class ParsedStep:
     """One retrieval turn read back from a transcript.
@@ -96,8 +103,9 @@ def render_step(thought: str, subquery: str) -> str:
 
 
 def render_doc(i: int, doc: RetrievedDoc) -> str:
-    """``Doc i(Title: t) text`` (Search-R1's ``_passages2string`` layout; ``i`` is 1-based)."""
-    return f"Doc {i}(Title: {doc.title}) {doc.body}"
+    """``Doc i(Title: t) text`` (Search-R1's ``_passages2string`` layout; ``i`` is 1-based),
+    with the document's own tags made inert (:func:`defang`)."""
+    return defang(f"Doc {i}(Title: {doc.title}) {doc.body}")
 
 
 def render_information(docs: Sequence[RetrievedDoc]) -> str:
@@ -138,19 +146,23 @@ def strip_prompt(text: str) -> str:
     return "" if nl < 0 else rest[nl + 1 :]
 
 
-def parse_blocks(text: str) -> list[tuple[str, str]]:
+def parse_blocks(text: str, *, sealed_information: bool = False) -> list[tuple[str, str]]:
     """Split ``text`` into ``(tag, content)`` blocks, tolerating malformed markup.
 
     Rules: an opening tag while a block of the same kind is open restarts it (the innermost wins:
     ``<search>a <search>b</search>`` reads ``b``); an opening tag of another kind closes the open
     block implicitly (a missing ``</search>``); stray closing tags are ignored; an unclosed block
-    runs to the end of the text.
+    runs to the end of the text. With ``sealed_information``, an ``<information>`` block (the
+    environment's documents, untrusted text) ends only at ``</information>``: tags inside it are
+    document text, not the agent's.
     """
     out: list[tuple[str, str]] = []
     cur: str | None = None
     start = 0
     for m in _TAG.finditer(text):
         closing, tag = m.group(1) == "/", m.group(2)
+        if sealed_information and cur == "information" and not (closing and tag == cur):
+            continue
         if closing:
             if cur == tag:
                 out.append((cur, text[start : m.start()].strip()))
@@ -181,7 +193,7 @@ def parse_transcript(text: str) -> ParsedTranscript:
     thought: str | None = None
     answer: str | None = None
     final_thought: str | None = None
-    for tag, content in parse_blocks(strip_prompt(text)):
+    for tag, content in parse_blocks(strip_prompt(text), sealed_information=True):
         if tag == "think":
             thought = content
         elif tag == "search":
@@ -240,6 +252,7 @@ __all__ = [
     "extract_answer",
     "extract_search",
     "extract_think",
+    "defang",
     "parse_blocks",
     "parse_transcript",
     "prompt_text",
