@@ -23,11 +23,12 @@ Pooling = Literal["mean", "cls", "last_token"]
 class VersionedConfig(BaseModel):
     """A validated config saved as sorted JSON with the library version.
 
-    Unknown keys in a loaded file warn and are ignored (so newer files still load); a missing,
-    corrupt or invalid file raises ``load_error`` naming the file.
+    Unknown keys in a loaded file warn and are ignored (so newer files still load); in code they
+    are errors (a typo such as ``topk=7`` must not pass silently). A missing, corrupt or invalid
+    file raises ``load_error`` naming the file.
     """
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     load_error: ClassVar[type[Exception]] = CheckpointError  # raised by load()
     config_name: ClassVar[str] = "config"  # words for error messages
@@ -131,7 +132,7 @@ class LatentRAGConfig(VersionedConfig):
         description="Prefix for natural-language queries (e.g. Qwen3-Embedding's instruction).",
     )
     retriever_dim: int | None = Field(
-        default=None, description="Embedding dimension (filled in by LatentRAG.init)."
+        default=None, ge=1, description="Embedding dimension (filled in by LatentRAG.init)."
     )
     pretrained_query_tower: bool = Field(
         default=True,
@@ -141,7 +142,7 @@ class LatentRAGConfig(VersionedConfig):
 
     # --- projectors --------------------------------------------------------------------------
     projector_heads: int | None = Field(
-        default=None, description="Attention heads in each projector (None: d_llm // 64, >= 1)."
+        default=None, ge=1, description="Attention heads in each projector (None: d_llm // 64)."
     )
     projector_ffn_mult: int = Field(default=4, ge=1, description="FFN width / input width.")
     projector_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Projector dropout.")

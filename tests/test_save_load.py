@@ -113,6 +113,9 @@ def test_config_validation_and_unknown_keys(tmp_path):
         LatentRAGConfig(base_model="x", n_think=0)
     with pytest.raises(ValueError):
         LatentRAGConfig(base_model="  ")
+    for bad in ({"topk": 7}, {"projector_heads": 0}, {"retriever_dim": -3}):  # typos, nonsense
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LatentRAGConfig(base_model="x", **bad)
     path = tmp_path / "config.json"
     LatentRAGConfig(base_model="x").save(path)
     data = json.loads(path.read_text())
