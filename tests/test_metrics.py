@@ -74,3 +74,19 @@ def test_overlap_is_the_share_of_reference_docs():
     assert overlap(["a"], ["a", "a"]) == 1.0
     assert overlap([], ["a"]) == 0.0
     assert overlap(["a"], []) is None
+
+
+def test_question_files_are_checked_line_by_line(tmp_path):
+    from latentrag_plugins.errors import LatentRAGError
+    from latentrag_plugins.evaluation import read_questions
+
+    path = tmp_path / "q.jsonl"
+    good = '{"id": "a", "question": "Who?", "golden_answers": ["Ann"]}\n'
+    path.write_text(good + '{"id": "b", "question": "Who?", "golden_answers": ["  "]}\n')
+    with pytest.raises(LatentRAGError, match=r"q\.jsonl:2: 'golden_answers' must be"):
+        read_questions(path)
+    path.write_text(good + '{"id": "c", "question": " ", "golden_answers": ["x"]}\n')
+    with pytest.raises(LatentRAGError, match=r"q\.jsonl:2: missing or empty 'question'"):
+        read_questions(path)
+    path.write_text(good)
+    assert len(read_questions(path)) == 1

@@ -48,8 +48,15 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
         golds = obj.get("golden_answers", obj.get("answers", obj.get("answer")))
         if isinstance(golds, str):
             golds = [golds]
-        if not isinstance(golds, list) or not golds or not all(isinstance(g, str) for g in golds):
-            raise LatentRAGError(f"{where}: 'golden_answers' must be a non-empty list of strings")
+        if (
+            not isinstance(golds, list)
+            or not golds
+            or not all(isinstance(g, str) and g.strip() for g in golds)
+        ):
+            raise LatentRAGError(
+                f"{where}: 'golden_answers' must be a non-empty list of non-empty strings "
+                "(an empty gold would count an empty answer as correct)"
+            )
         hops = obj.get("hops")
         if hops is not None:
             try:
