@@ -446,9 +446,12 @@ def _is_peft(llm: nn.Module) -> bool:
 
 
 def _loadable(retriever_id: str) -> bool:
-    """Whether a retriever id can be loaded again without the checkpoint (path, default, hub id)."""
+    """Whether a retriever id loads again without the checkpoint, from any working directory:
+    the default MiniLM, an absolute local path or a hub id (a relative path is bundled)."""
     from .encoder import resolve_retriever
 
+    if Path(retriever_id).is_dir():
+        return Path(retriever_id).is_absolute()
     return Path(resolve_retriever(retriever_id)).is_dir() or "/" in retriever_id
 
 

@@ -230,3 +230,15 @@ def test_control_rows_start_from_descriptive_words_even_in_a_padded_vocabulary(p
     if padding:  # the row existed (a padding row): it was re-initialised
         assert not torch.equal(emb[answer], before[answer])
     assert torch.cosine_similarity(emb[answer], mean, dim=0) > 0.95
+
+
+def test_a_relative_retriever_path_is_bundled(tmp_path, monkeypatch):
+    """A checkpoint must load from any working directory: a retriever given as a relative path
+    is saved inside it; the default MiniLM, absolute paths and hub ids are not."""
+    from latentrag_plugins.config import DEFAULT_RETRIEVER
+    from latentrag_plugins.model import _loadable
+
+    (tmp_path / "enc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not _loadable("enc") and _loadable(str(tmp_path / "enc"))
+    assert _loadable(DEFAULT_RETRIEVER) and _loadable("BAAI/bge-small-en-v1.5")
