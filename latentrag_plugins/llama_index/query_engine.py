@@ -67,6 +67,18 @@ def response_metadata(result: LatentRAGResult) -> dict[str, Any]:
     }
 
 
+def _stream_piece(item: tuple[str, Any], metadata: dict[str, Any]) -> tuple[str | None, bool]:
+    """What a streaming worker's ``(kind, value)`` item yields, and whether the stream ends
+    with it (``done`` fills ``metadata``; ``error`` raises)."""
+    kind, value = item
+    if kind == "error":
+        raise value
+    if kind == "done":
+        metadata.update(response_metadata(value[0]))
+        return (EMPTY_RESPONSE if value[1].empty else None), True
+    return value, False
+
+
 def _answer(result: LatentRAGResult, state: RunState) -> str:
     return EMPTY_RESPONSE if state.empty else result.answer
 
@@ -195,18 +207,14 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         metadata: dict[str, Any] = {}
 
         def tokens() -> Generator[str, None, None]:
-            kind, value = first
+            item = first
             while True:
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    metadata.update(response_metadata(value[0]))
-                    if value[1].empty:
-                        yield EMPTY_RESPONSE
+                piece, end = _stream_piece(item, metadata)
+                if piece:
+                    yield piece
+                if end:
                     return
-                if value:
-                    yield value
-                kind, value = items.get()
+                item = items.get()
 
         return StreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
 
@@ -242,19 +250,15 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         metadata: dict[str, Any] = {}
 
         async def tokens() -> AsyncGenerator[str, None]:
-            kind, value = first
+            item = first
             try:
                 while True:
-                    if kind == "error":
-                        raise value
-                    if kind == "done":
-                        metadata.update(response_metadata(value[0]))
-                        if value[1].empty:
-                            yield EMPTY_RESPONSE
+                    piece, end = _stream_piece(item, metadata)
+                    if piece:
+                        yield piece
+                    if end:
                         return
-                    if value:
-                        yield value
-                    kind, value = await items.get()
+                    item = await items.get()
             finally:  # the consumer stopped early (closed, cancelled): stop the loop too
                 task.cancel()
 
