@@ -165,12 +165,8 @@ def read_docs_jsonl(
                     raise TypeError("contents is not a string")
                 texts.append(row["contents"])
                 m = row.get("metadata") or {}
-            except (
-                ValueError,
-                KeyError,
-                TypeError,
-                AttributeError,
-            ) as exc:  # ValueError: JSON, UTF-8
+            # (ValueError covers bad JSON and bad UTF-8.)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise StoreError(f"{path}:{lineno}: corrupt document line ({exc!r})") from None
             any_meta = any_meta or bool(m)
             meta.append(m)
