@@ -221,22 +221,27 @@ class EncoderTower(nn.Module):
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        if (
-            self.pooling == "last_token"
-            and self._suffix_ids
-            and self.tokenizer.eos_token_id is not None
-        ):
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            if not bool((ids[:, -1] == self.tokenizer.eos_token_id).all()):
-                eos = torch.full((ids.shape[0], 1), self.tokenizer.eos_token_id)
-                enc = {
-                    "input_ids": torch.cat([ids, eos], 1),
-                    "attention_mask": torch.cat([mask, torch.ones_like(eos)], 1),
-                }
+        if self.pooling == "last_token" and self._suffix_ids:
+            enc = self._end_with_suffix(enc["input_ids"], enc["attention_mask"])
         return {
             k: v.to(self.device)
             for k, v in dict(enc).items()
             if k in ("input_ids", "attention_mask")
+        }
+
+    def _end_with_suffix(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Left-padded rows ``(B, L)`` that each end with the tokens the latent path pools at
+        (``_suffix_ids``, e.g. Qwen3-Embedding's ``<|endoftext|>``), within ``max_length``."""
+        suffix, s = list(self._suffix_ids), len(self._suffix_ids)
+        rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        if all(r[-s:] == suffix for r in rows):
+            return {"input_ids": ids, "attention_mask": mask}
+        rows = [r if r[-s:] == suffix else r[: self.max_length - s] + suffix for r in rows]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return {
+            "input_ids": torch.tensor([[pad] * (width - len(r)) + r for r in rows]),
+            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
         }
 
     @torch.inference_mode()

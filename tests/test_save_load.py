@@ -242,3 +242,26 @@ def test_a_relative_retriever_path_is_bundled(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert not _loadable("enc") and _loadable(str(tmp_path / "enc"))
     assert _loadable(DEFAULT_RETRIEVER) and _loadable("BAAI/bge-small-en-v1.5")
+
+
+def test_last_token_texts_end_with_the_token_the_latent_path_pools_at(tokenizer):
+    """Qwen3-Embedding's tokenizer appends <|endoftext|>, which is not its eos_token: text rows
+    must end with that same framing token (as latent inputs do), once, within max_length."""
+    import copy
+
+    from latentrag_plugins.encoder import EncoderTower
+    from latentrag_plugins.model_zoo import build_encoder
+
+    tok = copy.deepcopy(tokenizer)
+    enc = build_encoder("tiny-qwen3-emb", vocab_size=len(tok))
+    tower = EncoderTower(enc, tok, pooling="last_token", max_length=8)
+    end = 7  # an ordinary token standing in for <|endoftext|>
+    assert tok.eos_token_id != end
+    tower._suffix_ids = [end]
+    texts = ["a", "a much longer text about many things, cut at max_length", "b"]
+    got = tower.tokenize(texts)
+    for ids, mask in zip(got["input_ids"].tolist(), got["attention_mask"].tolist()):
+        real = [i for i, keep in zip(ids, mask) if keep]
+        assert real[-1] == end and len(real) <= 8  # pooled at the framing token, not at EOS
+    again = tower._end_with_suffix(got["input_ids"], got["attention_mask"])
+    assert torch.equal(again["input_ids"], got["input_ids"])  # rows that end with it stay as is
