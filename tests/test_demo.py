@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from latentrag_plugins.demo.assets import DEMO_CHECKPOINTS, resolve_checkpoint
 from latentrag_plugins.errors import CheckpointError
@@ -75,3 +76,30 @@ def test_shipped_demo_model_answers_a_3_hop_test_question():
     assert set(q["supporting_ids"]) <= found
     assert res.answer.lower() == q["golden_answers"][0].lower()
     assert all(s.thought for s in res.steps)  # decoded thoughts for every step
+
+
+def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypatch):
+    from latentrag_plugins.demo import index_cache
+
+    monkeypatch.setenv("LATENTRAG_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "contents": f"Town {i}\\nTown {i} lies on river {i}."})
+            + "\n"
+            for i in range(5)
+        )
+    )
+    first = index_cache.cached_index(model, corpus)
+    assert len(first) == 5 and len(list((tmp_path / "cache").iterdir())) == 1
+    index_cache.cached_index(model, corpus)  # loaded, not rebuilt
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    bias = model.doc_tower.encoder.encoder.layer[0].output.dense.bias
+    with torch.no_grad():
+        bias.add_(0.5)  # e.g. a checkpoint whose retriever was fine-tuned, same encoder id
+    try:
+        index_cache.cached_index(model, corpus)
+    finally:
+        with torch.no_grad():
+            bias.sub_(0.5)
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -22,15 +22,15 @@ def cache_dir() -> Path:
 def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
     """Load the cached index of ``corpus`` for ``model``'s document tower, building it if needed.
 
-    The cache key is the corpus' content hash and the encoder id, so a changed corpus or another
-    retriever gets its own index.
+    The cache key is the corpus' content hash and a fingerprint of the document tower (encoder
+    id, pooling, normalisation, max length, a sample of its weights) and of the library version,
+    so a changed corpus, retriever or store format gets its own index.
     """
     from ..store.corpus import iter_corpus
     from ..store.faiss_store import FaissStore
 
     digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
-    enc = hashlib.sha256(model.encoder_id.encode()).hexdigest()[:8]
-    path = cache_dir() / f"index-{digest}-{enc}"
+    path = cache_dir() / f"index-{digest}-{_tower_fingerprint(model.doc_tower)}"
     if (path / "manifest.json").is_file():
         try:
             return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
@@ -41,3 +41,19 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
     )
     store.save(path)
     return store
+
+
+def _tower_fingerprint(tower: Any) -> str:
+    """A short hash of what a document tower's embeddings depend on."""
+    import torch
+
+    from .._version import __version__
+
+    h = hashlib.sha256()
+    settings = (__version__, tower.encoder_id, tower.pooling, tower.normalize, tower.max_length)
+    h.update(repr(settings).encode())
+    with torch.no_grad():
+        for p in tower.encoder.parameters():  # 64 evenly spaced values of every tensor
+            flat = p.detach().flatten()
+            h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
