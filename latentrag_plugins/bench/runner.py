@@ -42,7 +42,7 @@ class BenchConfig:
     threads: int | None = None  # torch CPU threads (None: auto, 1 for tiny shapes)
     doc_tokens: int = 130  # LLM tokens per document
     top_k: int = 3  # documents per retrieval
-    warmup: int = 1  # untimed warm-up questions per method
+    warmup: int = 2  # untimed warm-up questions per method (and one untimed run per batch size)
     seed: int = 0
     show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -244,6 +244,7 @@ def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
     for j, b in enumerate(big):
         order = METHODS[j % 3 :] + METHODS[: j % 3]
         for m in order:
+            run_method(setup, cfg, m, list(range(b)))  # untimed: first use of this batch shape
             t0 = time.perf_counter()
             run_method(setup, cfg, m, list(range(b)))
             throughput[m][str(b)] = b / (time.perf_counter() - t0)
