@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,24 @@ from .errors import LatentRAGError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, marker: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], *, owned: Collection[str] | None = None
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
 
     Works for files and for directories (the block creates what it needs at the yielded path).
-    A directory replaces the whole of an existing one: with ``marker``, an existing non-empty
-    directory without that file (so not one of ours) is refused instead, before any work.
+    A directory replaces the whole of an existing one: with ``owned`` (the entry names a save
+    writes), an existing directory holding anything else is refused instead, before any work.
     """
     target = Path(path)
     restore_interrupted(target)
-    foreign = marker is not None and target.is_dir() and not (target / marker).exists()
-    if foreign and any(target.iterdir()):
+    foreign: list[str] = []
+    if owned is not None and target.is_dir():
+        foreign = sorted(e.name for e in target.iterdir() if e.name not in owned)
+    if foreign:
         raise LatentRAGError(
-            f"{target}: directory is not empty and has no {marker}, so it is not a "
-            "checkpoint to replace; refusing to delete its contents (choose another path)"
+            f"{target}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+            "which a save would delete; refusing (save into a new or checkpoint-only directory)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "tmp"

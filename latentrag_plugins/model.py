@@ -48,6 +48,19 @@ _LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = (
     "retriever",
 )
 _QUERY_TOWER_FILE, _ADDED_ROWS_FILE = "query_tower.safetensors", "added_embeddings.safetensors"
+# Entries a LatentRAG checkpoint may hold (a save replaces a directory of only these).
+MODEL_ENTRIES = (
+    "config.json",
+    _TOKENIZER_DIR,
+    _LLM_DIR,
+    _ADAPTER_DIR,
+    _ADDED_ROWS_FILE,
+    "proj_ret",
+    "proj_think",
+    "proj_query",
+    _QUERY_TOWER_FILE,
+    _RETRIEVER_DIR,
+)
 
 
 def default_device() -> torch.device:
@@ -297,7 +310,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         ``proj_query/``, ``query_tower.safetensors`` (tensors that differ from the frozen document
         tower) and, with ``include_retriever`` or an in-memory retriever, ``retriever/``.
         """
-        with atomic_path(path, marker="config.json") as tmp:
+        with atomic_path(path, owned=MODEL_ENTRIES) as tmp:
             tmp.mkdir()
             cfg = self.config.model_copy()
             self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)

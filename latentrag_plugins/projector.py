@@ -77,7 +77,7 @@ class Projector(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path`` atomically."""
-        with atomic_path(path, marker="config.json") as tmp:
+        with atomic_path(path, owned=("config.json", "model.safetensors")) as tmp:
             tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

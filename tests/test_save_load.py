@@ -199,14 +199,17 @@ def test_saving_never_wipes_a_directory_that_is_not_a_checkpoint(model, tmp_path
     home = tmp_path / "models"
     home.mkdir()
     (home / "thesis.txt").write_text("years of work")
-    with pytest.raises(LatentRAGError, match="refusing to delete"):
+    with pytest.raises(LatentRAGError, match="thesis.txt, which a save would delete"):
         model.save_pretrained(home)
-    with pytest.raises(LatentRAGError, match="refusing to delete"):
+    with pytest.raises(LatentRAGError, match="refusing"):
         model.proj_ret.save(home)
     assert (home / "thesis.txt").read_text() == "years of work"
     model.save_pretrained(tmp_path / "ckpt")
     model.save_pretrained(tmp_path / "ckpt")  # replacing a checkpoint is fine
     assert (tmp_path / "ckpt" / "config.json").is_file()
+    (tmp_path / "ckpt" / "checkpoints").mkdir()  # a training run: checkpoint plus its history
+    with pytest.raises(LatentRAGError, match="checkpoints, which a save would delete"):
+        model.save_pretrained(tmp_path / "ckpt")
 
 
 @pytest.mark.parametrize("padding", [0, 64])

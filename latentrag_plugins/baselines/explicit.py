@@ -48,6 +48,8 @@ from .explicit_force import ExplicitForce
 from .explicit_loop import explicit_loop
 
 _LLM_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = "llm", "tokenizer", "retriever"
+# Entries an explicit agent checkpoint may hold (a save replaces a directory of only these).
+EXPLICIT_ENTRIES = (EXPLICIT_CONFIG_FILE, _LLM_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR)
 
 
 class ExplicitAgent(WideTwin, DocumentTowerAPI):
@@ -309,7 +311,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         """
         from ..model import _loadable
 
-        with atomic_path(path, marker=EXPLICIT_CONFIG_FILE) as tmp:
+        with atomic_path(path, owned=EXPLICIT_ENTRIES) as tmp:
             tmp.mkdir()
             self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)
             self.llm.save_pretrained(tmp / _LLM_DIR, safe_serialization=True)

@@ -155,7 +155,7 @@ def build_base_lm(
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
-    with atomic_path(out, marker="config.json") as tmp:
+    with atomic_path(out) as tmp:
         tmp.mkdir()
         logs = pretrain(
             model,
@@ -198,7 +198,7 @@ def continue_pretraining(
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
     info = json.loads((base / "pretrain.json").read_text())
-    with atomic_path(base, marker="config.json") as tmp:
+    with atomic_path(base) as tmp:
         tmp.mkdir()
         log = tmp / "pretrain_log.jsonl"
         log.write_text((base / "pretrain_log.jsonl").read_text())

@@ -24,23 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io_utils import write_json_atomic
+from ..model import MODEL_ENTRIES  # cleared before a new export into a directory
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
 
-# Entries a LatentRAG checkpoint may hold; cleared before a new export into a directory.
-MODEL_ENTRIES = (
-    "config.json",
-    "tokenizer",
-    "llm",
-    "llm_adapter",
-    "added_embeddings.safetensors",
-    "proj_ret",
-    "proj_think",
-    "proj_query",
-    "query_tower.safetensors",
-    "retriever",
-)
 STATE_DIR, STATE_FILE, CKPT_DIR = "train_state", "trainer_state.json", "checkpoints"
 _STEP = re.compile(r"^step-(\d+)$")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")

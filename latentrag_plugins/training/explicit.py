@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..baselines.explicit import EXPLICIT_ENTRIES
 from ..errors import LatentRAGError
 from ..extras import require
 from .config import TrainConfig
@@ -39,8 +40,6 @@ from .trainable import enable_checkpointing, set_llm_dropout
 from .trajectories import Trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
-
-_ENTRIES = ("explicit_config.json", "llm", "tokenizer", "retriever")
 
 
 @dataclass
@@ -150,7 +149,7 @@ def export_agent(agent: Any, dest: Path) -> str:
         agent.save_pretrained(tmp)
     finally:
         agent.llm = llm
-    for name in _ENTRIES:
+    for name in EXPLICIT_ENTRIES:
         p = dest / name
         if p.is_dir():
             shutil.rmtree(p)
