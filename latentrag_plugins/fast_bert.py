@@ -55,7 +55,7 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
     keep = None if mask is None or bool(mask.all()) else mask.bool()[:, None, None, :]  # (B,1,1,L)
     for layer in encoder.encoder.layer:
         att = layer.attention.self
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or not _fusable(att):
             qkv = torch.stack([proj(x) for proj in (att.query, att.key, att.value)], 2)
         else:
             qkv = F.linear(x, *_fused_qkv(att)).unflatten(-1, (3, -1))  # (B, L, 3, d)
@@ -70,6 +70,19 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
     return x
 
 
+def _fusable(att: Any) -> bool:
+    """Whether the projections are plain ``nn.Linear`` layers (no hooks, no adapters such as
+    LoRA, no offloading) whose stacked copy can be kept: parameters made in inference mode have
+    no version counter, so a change to them could not be seen."""
+    projs = (att.query, att.key, att.value)
+    return all(
+        type(p) is torch.nn.Linear
+        and not (p._forward_hooks or p._forward_pre_hooks)
+        and not (p.weight.is_inference() or p.bias.is_inference())
+        for p in projs
+    )
+
+
 def _fused_qkv(att: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The query, key and value projections of ``att`` stacked: weight ``(3d, d)``, bias ``(3d,)``.
 
@@ -78,7 +91,7 @@ def _fused_qkv(att: Any) -> tuple[torch.Tensor, torch.Tensor]:
     one made in inference mode could not be saved for a backward pass.
     """
     params = [p for proj in (att.query, att.key, att.value) for p in (proj.weight, proj.bias)]
-    key = tuple(x for p in params for x in (id(p), p.data_ptr(), _version(p)))
+    key = tuple(x for p in params for x in (id(p), p.data_ptr(), p._version))
     hit = _FUSED.get(att)
     if hit is None or hit[0] != key:
         with torch.no_grad():
@@ -86,11 +99,3 @@ def _fused_qkv(att: Any) -> tuple[torch.Tensor, torch.Tensor]:
             bias = torch.cat(params[1::2])  # (3d,)
         hit = _FUSED[att] = (key, weight, bias)
     return hit[1], hit[2]
-
-
-def _version(p: torch.Tensor) -> int:
-    """In-place update counter of ``p`` (inference tensors have none: they never change)."""
-    try:
-        return p._version
-    except RuntimeError:
-        return -1

@@ -500,9 +500,11 @@ def load_document_tower(
     return tower.to(torch.device(device) if device else default_device()).eval()
 
 
-def retriever_tower(name: str, *, device: str | torch.device | None = None) -> EncoderTower:
+def retriever_tower(
+    name: str, *, device: str | torch.device | None = None, trust_remote_code: bool = False
+) -> EncoderTower:
     """Load a retriever by id or path as a document tower, with pooling detected from it."""
-    enc, tok, path = load_encoder(name)
+    enc, tok, path = load_encoder(name, trust_remote_code=trust_remote_code)
     pooling, instruction = detect_pooling(path, enc)
     tower = EncoderTower(
         enc,

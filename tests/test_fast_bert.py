@@ -60,3 +60,19 @@ def test_fused_projections_follow_weight_updates_and_keep_gradients(model):
         query.weight.requires_grad_(trainable)
     with torch.inference_mode():
         torch.testing.assert_close(tower.forward_embeds(latents), before)
+
+
+def test_projections_with_hooks_are_not_fused(model, monkeypatch):
+    """A hook (or an adapter such as LoRA) on a projection must run: such layers go unfused."""
+    tower = model.query_tower
+    query = tower.encoder.encoder.layer[0].attention.self.query
+    handle = query.register_forward_hook(lambda mod, args, out: out + 1.0)
+    latents = torch.randn(1, model.config.n_query, tower.input_dim)
+    try:
+        with torch.inference_mode():
+            fast = tower.forward_embeds(latents)
+            monkeypatch.setattr(fast_bert, "supports", lambda encoder: False)
+            slow = tower.forward_embeds(latents)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

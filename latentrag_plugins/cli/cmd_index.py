@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         tower = retriever_tower(
-            args.retriever or "sentence-transformers/all-MiniLM-L6-v2", device=args.device
+            args.retriever or "sentence-transformers/all-MiniLM-L6-v2",
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
         )
     store = FaissStore.build(
         tower,
