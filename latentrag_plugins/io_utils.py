@@ -55,6 +55,14 @@ def _old_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
+def readable_dir(path: str | os.PathLike[str]) -> Path:
+    """``path``, or the copy :func:`atomic_path` had moved aside when the process died between
+    its two renames (read in place: readers never write, and a save may be under way)."""
+    target = Path(path)
+    old = _old_name(target)
+    return old if not target.exists() and old.is_dir() else target
+
+
 def restore_interrupted(path: str | os.PathLike[str]) -> None:
     """Put back a directory that :func:`atomic_path` had moved aside when the process died
     between its two renames (the only moment no version is at ``path``)."""

@@ -87,6 +87,13 @@ def test_parse_transcript_reads_no_tags_from_documents():
         assert [s.subquery for s in parsed.steps] == ["q1", "q2"] and parsed.answer is None
         assert "injected q" in parsed.steps[0].information
     assert "<" not in sr1.defang(doc) and "\u2039search> injected q" in sr1.defang(doc)
+    # An <information> block nobody closes does not swallow the rest of the transcript.
+    cut = (
+        sr1.render_step("t1", "q1")
+        + "\n\n<information>Doc 1(Title: a) b"
+        + sr1.render_final("t", "Oslo")
+    )
+    assert sr1.parse_transcript(cut).answer == "Oslo"
 
 
 def test_classify_turn_is_tolerant():

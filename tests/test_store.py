@@ -171,8 +171,10 @@ def test_missing_or_corrupt_files_named(store: FaissStore, tmp_path: Path, name:
 def test_a_save_cut_between_its_two_renames_is_recovered(store: FaissStore, tmp_path: Path) -> None:
     store.save(tmp_path / "idx")
     (tmp_path / "idx").rename(tmp_path / ".idx.old")  # where a crash mid-swap leaves it
-    assert len(FaissStore.load(tmp_path / "idx", use_gpu=False)) == len(store)
-    assert not (tmp_path / ".idx.old").exists()
+    assert len(FaissStore.load(tmp_path / "idx", use_gpu=False)) == len(store)  # read in place
+    assert (tmp_path / ".idx.old").is_dir() and not (tmp_path / "idx").exists()
+    store.save(tmp_path / "idx")  # the next save puts it back first, then replaces it
+    assert (tmp_path / "idx" / "manifest.json").is_file() and not (tmp_path / ".idx.old").exists()
 
 
 def test_non_utf8_documents_file_is_a_store_error(store: FaissStore, tmp_path: Path) -> None:

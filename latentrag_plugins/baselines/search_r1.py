@@ -153,24 +153,26 @@ def parse_blocks(text: str, *, sealed_information: bool = False) -> list[tuple[s
     ``<search>a <search>b</search>`` reads ``b``); an opening tag of another kind closes the open
     block implicitly (a missing ``</search>``); stray closing tags are ignored; an unclosed block
     runs to the end of the text. With ``sealed_information``, an ``<information>`` block (the
-    environment's documents, untrusted text) ends only at ``</information>``: tags inside it are
-    document text, not the agent's.
+    environment's documents, untrusted text) that is closed ends only at its ``</information>``:
+    tags inside it are document text, not the agent's. (An unclosed one follows the rules above.)
     """
     out: list[tuple[str, str]] = []
     cur: str | None = None
     start = 0
+    sealed = False  # the open block is an <information> block that a later tag closes
     for m in _TAG.finditer(text):
         closing, tag = m.group(1) == "/", m.group(2)
-        if sealed_information and cur == "information" and not (closing and tag == cur):
+        if sealed and not (closing and tag == cur):
             continue
         if closing:
             if cur == tag:
                 out.append((cur, text[start : m.start()].strip()))
-                cur = None
+                cur, sealed = None, False
             continue
         if cur is not None and cur != tag:
             out.append((cur, text[start : m.start()].strip()))
         cur, start = tag, m.end()
+        sealed = sealed_information and tag == "information" and INFORMATION_END in text[start:]
     if cur is not None:
         out.append((cur, text[start:].strip()))
     return out

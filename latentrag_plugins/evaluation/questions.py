@@ -48,15 +48,11 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
         golds = obj.get("golden_answers", obj.get("answers", obj.get("answer")))
         if isinstance(golds, str):
             golds = [golds]
-        if (
-            not isinstance(golds, list)
-            or not golds
-            or not all(isinstance(g, str) and g.strip() for g in golds)
-        ):
-            raise LatentRAGError(
-                f"{where}: 'golden_answers' must be a non-empty list of non-empty strings "
-                "(an empty gold would count an empty answer as correct)"
-            )
+        if not isinstance(golds, list) or not all(isinstance(g, str) for g in golds):
+            raise LatentRAGError(f"{where}: 'golden_answers' must be a list of strings")
+        golds = [g for g in golds if g.strip()]  # an empty alias would make "" correct
+        if not golds:
+            raise LatentRAGError(f"{where}: 'golden_answers' has no non-empty answer")
         hops = obj.get("hops")
         if hops is not None:
             try:

@@ -15,6 +15,7 @@ thread holding it may be waiting for the loop (to dispatch its answer tokens).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -32,6 +33,8 @@ from .events import STEP_EVENT, THOUGHT_EVENT, Hit, document_id, step_data, thou
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
+
+log = logging.getLogger(__name__)
 
 Event = tuple[int, str, dict[str, Any]]
 """``(row, event name, event data)``: an event for question ``row`` of the batch."""
@@ -71,9 +74,13 @@ def _advance(gen: Generator, docs: Any, lock: threading.RLock) -> SearchRequest 
 
 
 def _close(gen: Generator, lock: threading.RLock) -> None:
-    """Close the loop; under the lock, since a cancelled task's worker thread may still be in it."""
+    """Close the loop; under the lock, since a cancelled task's worker thread may still be in it.
+    (Errors are logged: in :func:`adrive` this runs in a thread of its own.)"""
     with lock:
-        gen.close()
+        try:
+            gen.close()
+        except Exception:
+            log.exception("closing a stopped LatentRAG loop failed")
 
 
 def _as_retrieved(hits: list[Hit]) -> list[RetrievedDoc]:
@@ -177,9 +184,9 @@ async def adrive(
             req = await asyncio.to_thread(_advance, gen, docs, lock)
     finally:
         if not isinstance(req, _Done):  # stopped early (cancelled, closed, failed)
-            # Closed in a worker thread, without waiting: the loop's own worker thread may
+            # Closed in another thread, without waiting: the loop's own worker thread may
             # still be in a forward pass (a cancelled to_thread runs on), holding the lock.
-            asyncio.get_running_loop().run_in_executor(None, _close, gen, lock)
+            threading.Thread(target=_close, args=(gen, lock), daemon=True).start()
     if decoder is not None:
         await asyncio.to_thread(decoder.finish, req.results)
     for event in _final_events(req.results, opts.decode):

@@ -108,7 +108,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         if isinstance(value, Mapping):
             value = next((value[k] for k in _QUESTION_KEYS if k in value), None)
         elif not isinstance(value, str):  # e.g. a LangGraph state that is a pydantic model
-            value = next((getattr(value, k) for k in _QUESTION_KEYS if hasattr(value, k)), value)
+            found = (getattr(value, k, None) for k in _QUESTION_KEYS)
+            value = next((v for v in found if v is not None), value)
         return check_question(value, type(self).__name__)
 
     def _prepare(self) -> tuple[StoreSearcher, LoopOptions]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import StoreError
 from ..extras import require
-from ..io_utils import atomic_path, restore_interrupted
+from ..io_utils import atomic_path, readable_dir
 from ..results import RetrievedDoc
 from .base import Encoder, check_compatible
 from .corpus import read_docs_jsonl, write_docs_jsonl
@@ -411,8 +411,7 @@ class FaissStore:
             StoreError: If a file is missing or corrupt (the message names it).
             EncoderMismatchError: If ``encoder_id`` or ``dim`` differ from the manifest's.
         """
-        root = Path(path)
-        restore_interrupted(root)
+        root = readable_dir(path)
         if not root.is_dir():
             raise StoreError(f"{root}: store directory not found")
         mpath = root / MANIFEST_FILE
