@@ -168,3 +168,38 @@ class LatentRAGConfig(VersionedConfig):
                 f"answer (needs at least {need})"
             )
         return self
+
+
+def position_limit(llm: Any) -> int | None:
+    """Most positions the LLM's config allows (``max_position_embeddings`` or ``n_positions``),
+    or None when it names none."""
+    cfg = getattr(llm, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_context_budget(config: dict[str, Any], llm: Any, config_cls: type[BaseModel]) -> None:
+    """At init: lower an unset ``max_context_tokens`` (``config_cls``'s default) to the LLM's
+    position limit, in place."""
+    limit = position_limit(llm)
+    default = config_cls.model_fields["max_context_tokens"].default
+    if "max_context_tokens" not in config and limit is not None and limit < default:
+        config["max_context_tokens"] = limit
+
+
+def check_context_budget(budget: int, llm: Any, where: str = "") -> None:
+    """Refuse a context budget over the LLM's position limit (DESIGN §5: never overflow it).
+
+    Raises:
+        ValueError: ``budget`` exceeds the limit; the message starts with ``where``, if given.
+    """
+    limit = position_limit(llm)
+    if limit is not None and budget > limit:
+        raise ValueError(
+            f"{where + ': ' if where else ''}max_context_tokens={budget} exceeds the LLM's "
+            f"{limit} positions; "
+            f"set max_context_tokens <= {limit}"
+        )

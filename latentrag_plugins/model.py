@@ -23,7 +23,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import DEFAULT_RETRIEVER, LatentRAGConfig
+from .config import (
+    DEFAULT_RETRIEVER,
+    LatentRAGConfig,
+    check_context_budget,
+    fit_context_budget,
+)
 from .encoder import (
     DocumentTowerAPI,
     EncoderTower,
@@ -174,9 +179,11 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         pooling, instruction = detect_pooling(enc_path or enc_id, enc)
         config.setdefault("retriever_pooling", pooling)
         config.setdefault("query_instruction", instruction)
+        fit_context_budget(config, llm, LatentRAGConfig)
         cfg = LatentRAGConfig(
             base_model=base_id, retriever=enc_id, retriever_dim=enc.config.hidden_size, **config
         )
+        check_context_budget(cfg.max_context_tokens, llm, "LatentRAG.init")
         add_control_tokens(tok, llm, cfg.n_think, cfg.n_query)
         doc_tower = EncoderTower.from_config(enc, enc_tok, cfg)
         query_tower = copy.deepcopy(doc_tower) if cfg.pretrained_query_tower else None
@@ -416,7 +423,17 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                     f"{root / _QUERY_TOWER_FILE}: unexpected tensors {missing[:3]}"
                 )
         projs = [Projector.load(root / name) for name in ("proj_ret", "proj_think", "proj_query")]
-        model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
+        config_file = root / "config.json"
+        if cfg.retriever_dim is not None and cfg.retriever_dim != doc_tower.dim:
+            raise CheckpointError(
+                f"{config_file}: retriever_dim={cfg.retriever_dim} but the retriever embeds "
+                f"in {doc_tower.dim} dimensions"
+            )
+        try:
+            check_context_budget(cfg.max_context_tokens, llm)
+            model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
+        except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
+            raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = torch.device(device) if device else default_device()
         return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
@@ -428,11 +445,12 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             from .extras import require
 
             peft = require("peft", "train", "loading a LoRA checkpoint")
+            adapter = root / _ADAPTER_DIR
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                if not (adapter / name).is_file():  # never PEFT's pickle fallback (.bin)
+                    raise CheckpointError(f"{adapter / name}: missing LoRA adapter file")
             rows = _load(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
-            base = AutoModelForCausalLM.from_pretrained(  # in the dtype it was trained in
-                cfg.base_model, trust_remote_code=trust, use_safetensors=True,
-                dtype=rows["input"].dtype,
-            )  # fmt: skip
+            base = _load_base(cfg.base_model, trust, rows["input"].dtype)
             if (
                 len(tok) > base.get_input_embeddings().weight.shape[0]
             ):  # grown as at init, never cut
@@ -443,7 +461,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                 if "output" in rows:
                     weight = base.get_output_embeddings().weight
                     weight[rows["ids"]] = rows["output"].to(weight.dtype)
-            llm = peft.PeftModel.from_pretrained(base, str(root / _ADAPTER_DIR))
+            llm = _load(adapter, "LoRA adapter", lambda p: peft.PeftModel.from_pretrained(base, p))
             return llm.merge_and_unload()
         return _load(
             root / _LLM_DIR,
@@ -452,6 +470,19 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                 p, trust_remote_code=trust, use_safetensors=True
             ),
         )
+
+
+def _load_base(base_model: str, trust: bool, dtype: torch.dtype) -> PreTrainedModel:
+    """A LoRA checkpoint's base LLM, in the dtype it was trained in."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            base_model, trust_remote_code=trust, use_safetensors=True, dtype=dtype
+        )
+    except Exception as exc:  # hub, path and format errors come in many types
+        raise CheckpointError(
+            f"could not load the LoRA checkpoint's base model {base_model!r} (config.json "
+            f"base_model): {exc}"
+        ) from None
 
 
 def _is_peft(llm: nn.Module) -> bool:

@@ -268,3 +268,37 @@ def test_last_token_texts_end_with_the_token_the_latent_path_pools_at(tokenizer)
         assert real[-1] == end and len(real) <= 8  # pooled at the framing token, not at EOS
     again = tower._end_with_suffix(got["input_ids"], got["attention_mask"])
     assert torch.equal(again["input_ids"], got["input_ids"])  # rows that end with it stay as is
+
+
+def test_context_budget_never_exceeds_the_llms_positions(tokenizer, saved, tmp_path):
+    import copy
+
+    from latentrag_plugins.model_zoo import build_llm
+
+    tok = copy.deepcopy(tokenizer)
+    short = build_llm("tiny", vocab_size=len(tok), seed=1, max_position_embeddings=512)
+    model = LatentRAG.init(short, tokenizer=tok, device="cpu")  # default budget: lowered
+    assert model.config.max_context_tokens == 512
+    with pytest.raises(ValueError, match="exceeds the LLM's 512 positions"):
+        LatentRAG.init(short, tokenizer=copy.deepcopy(tokenizer), max_context_tokens=600)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    llm_cfg = json.loads((ckpt / "llm" / "config.json").read_text())
+    (ckpt / "llm" / "config.json").write_text(
+        json.dumps({**llm_cfg, "max_position_embeddings": 1000})
+    )
+    with pytest.raises(CheckpointError, match="config.json does not fit.*1000 positions"):
+        LatentRAG.from_pretrained(ckpt, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("n_think", 5, "<think_5>"), ("retriever_dim", 999, "retriever_dim=999")],
+)
+def test_a_config_that_does_not_fit_its_checkpoint_is_named(saved, tmp_path, field, value, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(CheckpointError, match=f"config.json.*{message}"):
+        LatentRAG.from_pretrained(ckpt, device="cpu")

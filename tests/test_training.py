@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from latentrag_plugins.cli.main import main
+from latentrag_plugins.errors import CheckpointError
 from tests.conftest import ForceActions, make_model
 
 
@@ -476,6 +478,14 @@ def test_resume_gives_same_next_step_loss_lora(tmp_path, tokenizer, world, wstor
         got = LatentLossModule(loaded, beta=0.03).eval()(batch)
     for k in ("loss_gen", "loss_ret", "loss_dec"):
         assert got[k].item() == pytest.approx(want[k].item(), rel=1e-3), k
+
+    # Adapter weights as a pickle (PEFT's .bin fallback) are refused, naming the file.
+    c = tmp_path / "c"
+    shutil.copytree(a, c)
+    weights = c / "llm_adapter" / "adapter_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
+        LatentRAG.from_pretrained(c, device="cpu")
 
 
 def _prep(path):

@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..config import DEFAULT_RETRIEVER
+from ..config import DEFAULT_RETRIEVER, check_context_budget, fit_context_budget
 from ..encoder import (
     DocumentTowerAPI,
     EncoderTower,
@@ -161,7 +161,9 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             config.setdefault("retriever_pooling", pooling)
             config.setdefault("query_instruction", instruction)
             tower = None
+        fit_context_budget(config, llm, ExplicitConfig)
         cfg = ExplicitConfig(base_model=base_id, retriever=enc_id, **config)
+        check_context_budget(cfg.max_context_tokens, llm, "ExplicitAgent.init")
         if tower is None:
             tower = EncoderTower.from_config(enc, enc_tok, cfg)
         agent = cls(cfg, llm, tok, tower)
@@ -361,7 +363,12 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         ret_dir = root / _RETRIEVER_DIR
         source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
         enc, enc_tok, _ = load_encoder(source, trust_remote_code=trust)
-        agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
+        config_file = root / EXPLICIT_CONFIG_FILE
+        try:
+            check_context_budget(cfg.max_context_tokens, llm)
+            agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
+        except ValueError as exc:
+            raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = torch.device(device) if device else default_device()
         return agent.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
