@@ -82,6 +82,7 @@ def latent_loop(
     min_steps: int = 0,
     generate_answer: bool = True,
     on_token: Callable[[int, str], None] | None = None,
+    final_thought: bool | None = None,
 ) -> Generator[SearchRequest, list[list[RetrievedDoc]], list[LatentRAGResult]]:
     """Run LatentRAG on a batch of questions; yields search requests, returns the results.
 
@@ -98,8 +99,14 @@ def latent_loop(
         generate_answer: Generate the final answer (False: stop after the last step; the
             result's answer is empty).
         on_token: Called as ``on_token(row, text)`` for each answer token, for streaming.
+        final_thought: Without an answer, still run the pass after the last allowed retrieval
+            to get its thought latent (default: with ``decode`` or ``logit_lens``). Without it,
+            a retrieval-only run that reaches ``max_steps`` ends with a forced answer step
+            that has no latents.
     """
     cfg = model.config
+    if final_thought is None:
+        final_thought = decode or logit_lens
     max_steps = cfg.max_steps if max_steps is None else max_steps
     top_k = cfg.top_k if top_k is None else top_k
     if max_steps < 0 or top_k < 1:
@@ -131,6 +138,10 @@ def latent_loop(
     for step in range(max_steps + 1):
         live = [i for i, r in enumerate(rows) if not r.answering]
         if not live:
+            break
+        if step == max_steps and not (generate_answer or final_thought):
+            for i in live:  # that pass would only yield a thought nobody reads
+                rows[i].steps.append(Step(index=step, action="answer", forced=True))
             break
         speculative = step < max_steps  # feed query slots only if a retrieval is allowed
         # At the forced last step the action is known: <answer> joins the same pass.

@@ -267,7 +267,9 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             top_k: Documents per step (default ``config.top_k``).
             logit_lens: Add the top-5 vocabulary tokens of each latent token to each step.
             min_steps: Retrieve at least this many times, whatever the action says.
-            generate_answer: Generate the answer (False: only reason and retrieve).
+            generate_answer: Generate the answer (False: only reason and retrieve; a run that
+                reaches ``max_steps`` then skips the last pass unless ``decode`` or
+                ``logit_lens`` needs its thought).
             on_token: Called as ``on_token(0, text)`` for each answer token, for streaming.
 
         Returns:

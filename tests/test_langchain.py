@@ -33,6 +33,7 @@ from latentrag_plugins.store.corpus import read_corpus  # noqa: E402
 from tests.conftest import EXAMPLES, ForceActions, make_model  # noqa: E402
 
 Q = "In which country was Marie Curie born?"
+COUNTS = ("forward_passes", "input_tokens", "output_tokens")
 STEP, THOUGHT, TOKEN = "latentrag_step", "latentrag_thought", "latentrag_token"
 
 
@@ -444,7 +445,7 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
 def test_chain_output_and_inputs(lc_model, vs, retrieving):
     chain = LatentRAGChain(model=lc_model, vectorstore=vs, top_k=2, max_steps=2)
     out = chain.invoke(Q)
-    assert set(out) == {"answer", "source_documents", "steps", "timings_ms"}
+    assert set(out) == {"answer", "source_documents", "steps", "timings_ms", *COUNTS}
     assert isinstance(out["answer"], str) and out["answer"]
     assert [s["action"] for s in out["steps"]] == ["retrieve", "retrieve", "answer"]
     ids = [i for s in out["steps"] for i in s["document_ids"]]
@@ -452,6 +453,7 @@ def test_chain_output_and_inputs(lc_model, vs, retrieving):
     assert out["timings_ms"]["total"] > 0
     ref = lc_model.run(Q, _InMemoryAsCoreStore(vs), max_steps=2, top_k=2)
     assert out["answer"] == ref.answer
+    assert [out[k] for k in COUNTS] == [getattr(ref, k) for k in COUNTS]
     for form in ({"question": Q}, {"input": Q, "chat_history": []}, {"query": Q}):
         assert chain.invoke(form)["answer"] == out["answer"]
 

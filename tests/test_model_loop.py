@@ -48,6 +48,27 @@ def test_one_forward_pass_per_latent_step(any_model, store, force, max_steps):
     assert res.forward_passes == len(res.steps) + (res.output_tokens - 1)
 
 
+@pytest.mark.parametrize("decode", [False, True])
+def test_retrieval_only_runs_skip_the_last_pass_unless_its_thought_is_read(
+    any_model, store, force, decode
+):
+    counter = CountPasses(any_model)
+    try:
+        with force(any_model, "retrieve"):
+            res = any_model.run(Q, store, max_steps=2, generate_answer=False, decode=decode)
+    finally:
+        counter.close()
+    assert [s.action for s in res.steps] == ["retrieve", "retrieve", "answer"]
+    assert res.steps[-1].forced and res.answer == ""
+    # The pass after the last retrieval only yields a thought: run for decoding only.
+    assert len(res._latents) == (3 if decode else 2)
+    if decode:
+        assert res.steps[-1].thought is not None
+    else:
+        assert counter.lengths == [n for n in counter.lengths if n > 1]  # no answer tokens
+        assert res.forward_passes == len(counter.lengths) == 2
+
+
 def test_answer_action_uses_one_pass_and_crops_query_slots(any_model, store, force):
     counter = CountPasses(any_model)
     try:

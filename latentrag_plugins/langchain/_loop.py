@@ -101,7 +101,7 @@ def _start(
 ) -> Generator[SearchRequest, Any, list[LatentRAGResult]]:
     return latent_loop(
         model, questions, top_k=opts.top_k, max_steps=opts.max_steps, min_steps=opts.min_steps,
-        generate_answer=opts.generate_answer, on_token=on_token,
+        generate_answer=opts.generate_answer, on_token=on_token, final_thought=opts.decode,
     )  # fmt: skip
 
 

@@ -58,7 +58,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
                                                # then rank order, with latentrag_* metadata
          "steps": [{"step", "action", "forced", "document_ids", "scores", "thought",
                     "subquery"}, ...],
-         "timings_ms": {"prefill", "reasoning", "retrieval", "answer", "decode", "total"}}
+         "timings_ms": {"prefill", "reasoning", "retrieval", "answer", "decode", "total"},
+         "forward_passes": int, "input_tokens": int, "output_tokens": int}
 
     ``batch``/``abatch`` answer all questions in one batched latent loop (shared forward passes;
     timings are those of the batch). ``stream``/``astream`` yield ``{"step": {...}}`` for each
@@ -127,6 +128,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
             "source_documents": collect_documents(result, hits, decode=self.decode),
             "steps": step_records(result, hits),
             "timings_ms": result.timings_ms.model_dump(),
+            "forward_passes": result.forward_passes,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
         }
 
     def _run(self, questions: list[str], configs: list[RunnableConfig]) -> list[dict[str, Any]]:

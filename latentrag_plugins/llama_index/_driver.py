@@ -166,6 +166,7 @@ class LatentDriver:
             min_steps=1,
             generate_answer=generate_answer,
             on_token=on_token,
+            final_thought=self.decode,
         )
         seen: set[str] = set()
         decoder = LiveDecoder(model, 1) if self.decode else None
