@@ -22,9 +22,17 @@ def test_every_command_has_help(capsys):
     assert set(names) <= set(COMMANDS)
 
 
+def test_a_bare_json_flag_means_stdout_for_eval_and_bench():
+    for cmd in (["eval", "--model", "m", "--index", "i", "--questions", "q"], ["bench"]):
+        assert build_parser().parse_args([*cmd, "--json"]).json == "-"
+
+
 def test_init_index_ask_json(tmp_path, capsys):
     model_dir, index_dir = tmp_path / "m", tmp_path / "idx"
-    assert main(["init", "--base-model", "random:tiny", str(model_dir)]) == 0
+    assert main(["init", "--base-model", "random:tiny", str(model_dir), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["kind"] == "latentrag" and made["path"] == str(model_dir)
+    assert made["config"] == json.loads((model_dir / "config.json").read_text())
     assert (
         main(["index", str(EXAMPLES / "corpus.jsonl"), str(index_dir), "--model", str(model_dir)])
         == 0

@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="Documents per retrieval.")
     add_extractive_arg(p)
     p.add_argument(
-        "--json", metavar="OUT", default=None, help="Write the JSON report (- = stdout)."
-    )
+        "--json", nargs="?", const="-", default=None, metavar="OUT",
+        help="Write the JSON report to OUT (no OUT or -: stdout).",
+    )  # fmt: skip
     p.add_argument("--plot", metavar="OUT.png", default=None, help="Write the stage-latency chart.")
     p.add_argument(
         "--predictions", metavar="OUT.jsonl", default=None, help="Write per-question records."

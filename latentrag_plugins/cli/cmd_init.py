@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="Replace OUT if it is a checkpoint (other non-empty directories are never deleted).",
     )
     p.add_argument(
+        "--json", action="store_true", help="Print the path, kind and saved config as JSON."
+    )
+    p.add_argument(
         "--explicit",
         action="store_true",
         help="Create an explicit (Search-R1-protocol) baseline agent checkpoint instead, for "
@@ -78,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
         )
         agent.save_pretrained(out)
-        print(
-            f"saved an explicit agent to {out} (base {args.base_model}, "
-            f"retriever {agent.encoder_id})"
-        )
+        _report(args, out, "explicit", agent.config.model_dump(mode="json"))
         return 0
     model = LatentRAG.init(
         base,
@@ -96,7 +96,15 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
     )
     model.save_pretrained(out)
-    print(
-        f"saved an untrained LatentRAG model to {out} (base {args.base_model}, retriever {model.encoder_id})"
-    )
+    _report(args, out, "latentrag", model.config.model_dump(mode="json"))
     return 0
+
+
+def _report(args: argparse.Namespace, out: object, kind: str, config: dict) -> None:
+    if args.json:
+        import json
+
+        print(json.dumps({"path": str(out), "kind": kind, "config": config}, indent=2))
+        return
+    what = "an explicit agent" if kind == "explicit" else "an untrained LatentRAG model"
+    print(f"saved {what} to {out} (base {args.base_model}, retriever {config['retriever']})")
