@@ -32,7 +32,12 @@ class Step(BaseModel):
 
     index: int = Field(description="0-based step index.")
     action: Literal["retrieve", "answer"] = Field(description="What the step chose to do.")
-    forced: bool = Field(default=False, description="True if the answer was forced by max_steps.")
+    forced: bool = Field(
+        default=False,
+        description="True if the answer was forced: max_steps reached, or the context budget "
+        "ran out, while the model asked for another retrieval (or, retrieval-only, the last "
+        "step was skipped).",
+    )
     docs: list[RetrievedDoc] = Field(default_factory=list, description="Retrieved documents.")
     thought: str | None = Field(default=None, description="Decoded (or explicit) thought text.")
     subquery: str | None = Field(default=None, description="Decoded (or explicit) subquery text.")

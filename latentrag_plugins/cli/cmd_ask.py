@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
 def print_result(res) -> None:  # noqa: ANN001 - LatentRAGResult
     """Print a result for people: steps, documents, answer, timings and counts."""
     for s in res.steps:
-        head = f"step {s.index}: {s.action}" + (" (forced by max_steps)" if s.forced else "")
+        head = f"step {s.index}: {s.action}" + (
+            " (forced: step limit or context budget)" if s.forced else ""
+        )
         print(head)
         if s.thought is not None:
             print(f"  thought:  {s.thought}")
