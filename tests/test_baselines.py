@@ -312,6 +312,25 @@ def test_explicit_save_load_round_trip(agent, store, tmp_path):
         ExplicitAgent.from_pretrained(tmp_path / "exp", device="cpu")
 
 
+def test_explicit_context_budget_fits_the_llms_positions(model, tmp_path):
+    llm = copy.deepcopy(model.llm)
+    llm.config.max_position_embeddings = 400
+    tok, tower = copy.deepcopy(model.tokenizer), model.doc_tower
+    agent = ExplicitAgent.init(llm, tower, tokenizer=tok, device="cpu", max_turn_tokens=64)
+    assert agent.config.max_context_tokens == 400  # the unset default is lowered
+    with pytest.raises(ValueError, match="exceeds the LLM's 400 positions"):
+        ExplicitAgent.init(llm, tower, tokenizer=tok, device="cpu", max_context_tokens=500)
+    agent.save_pretrained(tmp_path / "exp")
+    cfg = tmp_path / "exp" / "explicit_config.json"
+    cfg.write_text(
+        cfg.read_text().replace('"max_context_tokens": 400', '"max_context_tokens": 500')
+    )
+    from latentrag_plugins.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="explicit_config.json does not fit"):
+        ExplicitAgent.from_pretrained(tmp_path / "exp", device="cpu")
+
+
 def test_explicit_answer_quotes_its_prompt_or_documents(model, store):
     agent = ExplicitAgent.init(
         copy.deepcopy(model.llm), model.doc_tower, tokenizer=copy.deepcopy(model.tokenizer),
