@@ -217,6 +217,17 @@ def test_model_can_be_a_checkpoint_path(lc_model, tmp_path, vs):
 
 
 # ---------------------------------------------------------------------------------- retriever
+def test_step_settings_default_to_the_models_config(lc_model, vs, monkeypatch):
+    monkeypatch.setattr(lc_model.config, "top_k", 5)
+    monkeypatch.setattr(lc_model.config, "max_steps", 2)
+    r = LatentRAGRetriever(model=lc_model, vectorstore=vs)
+    c = LatentRAGChain(model=lc_model, vectorstore=vs)
+    assert (r.top_k, r.max_steps, c.top_k, c.max_steps) == (5, 2, 5, 2)
+    monkeypatch.setattr(lc_model.config, "max_steps", 0)
+    assert LatentRAGRetriever(model=lc_model, vectorstore=vs).max_steps == 1  # it always searches
+    assert LatentRAGChain(model=lc_model, vectorstore=vs).max_steps == 0
+
+
 def test_retriever_returns_union_in_step_then_rank_order(lc_model, vs, retrieving):
     rec = Recorder()
     r = LatentRAGRetriever(model=lc_model, vectorstore=vs, k=20, top_k=3, max_steps=3)

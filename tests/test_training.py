@@ -51,7 +51,7 @@ def wstore(tokenizer, world):
 
 @pytest.fixture(scope="module")
 def prepared(world, wstore):
-    from latentrag_plugins.training.prepare import prepare
+    from latentrag_plugins.training import prepare
 
     store, tower = wstore
     return prepare(tower, store, world[0], calibrate=True, show_progress=False)
@@ -268,7 +268,7 @@ def test_prepare_save_load(tmp_path, world, wstore, prepared):
         def search(self, emb, k):
             return store.search(emb, k)
 
-    from latentrag_plugins.training.prepare import prepare
+    from latentrag_plugins.training import prepare
 
     plain = prepare(tower, PlainStore(), trajs[:2], calibrate=True, show_progress=False)
     ids = [data.doc_ids.index(i) for i in plain.doc_ids]
@@ -426,7 +426,7 @@ def _lora_setup(tmp_path, tokenizer, world, wstore):
 
     from latentrag_plugins import LatentRAG
     from latentrag_plugins.model_zoo import build_llm
-    from latentrag_plugins.training.prepare import prepare
+    from latentrag_plugins.training import prepare
 
     tok = copy.deepcopy(tokenizer)
     base = tmp_path / "base"

@@ -78,8 +78,12 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
 
     model: LatentRAG = Field(repr=False, description="LatentRAG model or checkpoint path.")
     vectorstore: VectorStore = Field(description="Store built with LatentRAGEmbeddings.")
-    top_k: int = Field(default=3, ge=1, description="Documents retrieved per latent step.")
-    max_steps: int = Field(default=4, ge=0, description="Most latent retrieval steps.")
+    top_k: int | None = Field(
+        default=None, ge=1, description="Documents retrieved per latent step (None: the model's)."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=0, description="Most latent retrieval steps (None: the model's)."
+    )
     min_steps: int = Field(
         default=0, ge=0, description="Retrieval steps taken whatever the model decides."
     )
@@ -96,6 +100,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
 
     @model_validator(mode="after")
     def _check_store(self) -> LatentRAGChain:
+        self.top_k = self.model.config.top_k if self.top_k is None else self.top_k
+        self.max_steps = self.model.config.max_steps if self.max_steps is None else self.max_steps
         StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
         self._dim_checked = check_store(self.vectorstore, self.model)
         return self

@@ -69,8 +69,12 @@ class LatentRAGRetriever(BaseRetriever):
     model: LatentRAG = Field(repr=False, description="LatentRAG model or checkpoint path.")
     vectorstore: VectorStore = Field(description="Store built with LatentRAGEmbeddings.")
     k: int = Field(default=4, ge=1, description="Documents returned.")
-    top_k: int = Field(default=3, ge=1, description="Documents retrieved per latent step.")
-    max_steps: int = Field(default=4, ge=1, description="Most latent retrieval steps.")
+    top_k: int | None = Field(
+        default=None, ge=1, description="Documents retrieved per latent step (None: the model's)."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Most latent retrieval steps (None: the model's, >= 1)."
+    )
     decode: bool = Field(default=False, description="Decode thoughts and subqueries to text.")
     search_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the store's search by vector."
@@ -84,6 +88,9 @@ class LatentRAGRetriever(BaseRetriever):
 
     @model_validator(mode="after")
     def _check_store(self) -> LatentRAGRetriever:
+        cfg = self.model.config
+        self.top_k = cfg.top_k if self.top_k is None else self.top_k
+        self.max_steps = max(1, cfg.max_steps) if self.max_steps is None else self.max_steps
         StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
         self._dim_checked = check_store(self.vectorstore, self.model)
         if self.tags is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import TrainConfig  # noqa: F401
     from .evaluate import retrieval_overlap  # noqa: F401
-    from .prepare import prepare  # noqa: F401
+    from .preparation import prepare  # noqa: F401
     from .prepared import PreparedData  # noqa: F401
     from .trainer import Trainer  # noqa: F401
     from .trajectories import Trajectory, read_trajectories  # noqa: F401
@@ -30,7 +30,7 @@ _LAZY = {
     "TrainConfig": ".config",
     "Trainer": ".trainer",
     "PreparedData": ".prepared",
-    "prepare": ".prepare",
+    "prepare": ".preparation",
     "Trajectory": ".trajectories",
     "TrajectoryError": ".trajectories",
     "read_trajectories": ".trajectories",
