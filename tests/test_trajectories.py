@@ -127,7 +127,7 @@ def _transcripts(tmp_path):
     q = "In which country was Marie Curie born?"
     rows = [
         {"id": "a", "question": q, "golden_answers": ["Poland"], "transcript": SR1},
-        {"id": "b", "question": q, "answers": ["Poland"], "transcript": PROMPT + SR1},
+        {"id": 7, "question": q, "answers": ["Poland"], "transcript": PROMPT + SR1},  # int id
         {"question": q, "answers": ["France"], "transcript": SR1},  # wrong answer
         {"question": q, "answers": ["Poland"], "transcript": "<think> hmm </think>"},  # no answer
         {"question": q, "answers": ["Poland"], "transcript": AUTOREFINE},
@@ -144,7 +144,7 @@ def test_import_search_r1(tmp_path):
     }
     trajs = read_trajectories(tmp_path / "out.jsonl")
     a, b, c = trajs
-    assert [t.id for t in trajs] == ["a", "b", "line-5"]
+    assert [t.id for t in trajs] == ["a", "7", "line-5"]
     assert a == b.model_copy(update={"id": "a"})  # the prompt's example tags are skipped
     assert [s.subquery for s in a.steps] == ["Marie Curie birthplace", "Warsaw country"]
     assert a.steps[0].thought == "I need to find where Marie Curie was born."

@@ -26,6 +26,11 @@ from ..io_utils import read_jsonl, write_text_atomic
 from ..results import RetrievedDoc
 
 
+def id_as_str(v: object) -> object:
+    """An integer id as a string (files often number their rows); anything else as it is."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class TrajectoryError(LatentRAGError):
     """A trajectory file is missing or has a bad line (the message names file and line)."""
 
@@ -38,10 +43,7 @@ class TrajectoryDoc(BaseModel):
     id: str = Field(description="Document id (in the agent's corpus).")
     contents: str = Field(description="Document text; the first line is the title.")
 
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_str(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _id_str = field_validator("id", mode="before")(id_as_str)
 
     def as_retrieved(self) -> RetrievedDoc:
         """This document as a :class:`RetrievedDoc` (score 0), for prompt building."""
@@ -81,10 +83,7 @@ class Trajectory(BaseModel):
     final_thought: str = Field(default="", description="The thought before the answer.")
     answer: str = Field(description="The agent's final answer.")
 
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_str(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _id_str = field_validator("id", mode="before")(id_as_str)
 
     @field_validator("id", "question", "answer")
     @classmethod

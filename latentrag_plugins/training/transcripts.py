@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import LatentRAGError
 from ..io_utils import read_jsonl
@@ -46,6 +46,7 @@ from .trajectories import (
     TrajectoryDoc,
     TrajectoryError,
     TrajectoryStep,
+    id_as_str,
     write_trajectories,
 )
 
@@ -67,6 +68,8 @@ class TranscriptLine(BaseModel):
         validation_alias=AliasChoices("answers", "golden_answers"), description="Gold answers."
     )
     transcript: str = Field(description="The agent's tagged output.")
+
+    _id_str = field_validator("id", mode="before")(id_as_str)
 
 
 @dataclass
