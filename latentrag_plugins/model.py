@@ -158,6 +158,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             seed: Seed for the new projector weights.
             **config: Any :class:`LatentRAGConfig` field (``n_think``, ``top_k``, ...).
         """
+        LatentRAGConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
             tok = load_tokenizer(base_model, trust)

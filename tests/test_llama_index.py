@@ -323,9 +323,9 @@ def test_empty_question_and_empty_index(lmodel, index, embed):
     retriever = LatentRAGRetriever(model=lmodel, index=index)
     engine = LatentRAGQueryEngine(model=lmodel, index=index)
     for bad in ("", "   "):
-        with pytest.raises(ValueError, match="non-empty question"):
+        with pytest.raises(ValueError, match="LatentRAGRetriever got an empty question"):
             retriever.retrieve(bad)
-        with pytest.raises(ValueError, match="non-empty question"):
+        with pytest.raises(ValueError, match="LatentRAGQueryEngine got an empty question"):
             engine.query(bad)
     # Empty index: one latent step, no nodes, LlamaIndex's "Empty Response".
     empty = VectorStoreIndex(nodes=[], embed_model=embed)

@@ -116,6 +116,13 @@ def test_config_validation_and_unknown_keys(tmp_path):
     for bad in ({"topk": 7}, {"projector_heads": 0}, {"retriever_dim": -3}):  # typos, nonsense
         with pytest.raises(ValueError, match=next(iter(bad))):
             LatentRAGConfig(base_model="x", **bad)
+    # init checks its settings before loading anything (no such model: a load would fail)
+    with pytest.raises(ValueError, match="topk"):
+        LatentRAG.init(str(tmp_path / "no-such-model"), topk=7)
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+
+    with pytest.raises(ValueError, match="max_turn"):
+        ExplicitAgent.init(str(tmp_path / "no-such-model"), max_turn=2)
     path = tmp_path / "config.json"
     LatentRAGConfig(base_model="x").save(path)
     data = json.loads(path.read_text())

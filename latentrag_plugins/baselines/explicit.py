@@ -126,6 +126,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         """
         from ..model import default_device, default_dtype
 
+        ExplicitConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
             tok = load_tokenizer(base_model, trust)

@@ -144,9 +144,11 @@ class LatentDriver:
         generate_answer: bool,
         on_token: Callable[[int, str], None] | None = None,
         state: RunState | None = None,
+        caller: str = "LatentRAG",
     ) -> Generator[Compute | Search, Any, tuple[LatentRAGResult, RunState]]:
-        """The effects of answering ``question``; validates the question now, runs lazily."""
-        check_question(question)
+        """The effects of answering ``question``; validates the question now (errors name
+        ``caller``), runs lazily."""
+        check_question(question, caller)
         return self._plan(question, dispatcher, generate_answer, on_token, state or RunState())
 
     def _plan(

@@ -160,7 +160,12 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             if self.streaming:
                 response: RESPONSE_TYPE = self._stream(query_bundle)
             else:
-                plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=True)
+                plan = self._driver.plan(
+                    query_bundle.query_str,
+                    dispatcher,
+                    generate_answer=True,
+                    caller=type(self).__name__,
+                )
                 result, state = self._driver.run_plan(plan)
                 response = Response(_answer(result, state), state.nodes, response_metadata(result))
             event.on_end(payload={EventPayload.RESPONSE: response})
@@ -175,7 +180,12 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             if self.streaming:
                 response: RESPONSE_TYPE = await self._astream(query_bundle)
             else:
-                plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=True)
+                plan = self._driver.plan(
+                    query_bundle.query_str,
+                    dispatcher,
+                    generate_answer=True,
+                    caller=type(self).__name__,
+                )
                 result, state = await self._driver.arun_plan(plan)
                 response = Response(_answer(result, state), state.nodes, response_metadata(result))
             event.on_end(payload={EventPayload.RESPONSE: response})
@@ -189,6 +199,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             query_bundle.query_str,
             dispatcher,
             generate_answer=True,
+            caller=type(self).__name__,
             state=state,
             on_token=lambda _row, text: items.put(("token", text)),
         )
@@ -227,6 +238,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             query_bundle.query_str,
             dispatcher,
             generate_answer=True,
+            caller=type(self).__name__,
             state=state,
             on_token=lambda _row, text: loop.call_soon_threadsafe(
                 items.put_nowait, ("token", text)

@@ -91,13 +91,17 @@ class LatentRAGRetriever(BaseRetriever):
     @dispatcher.span
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Run the latent steps (no answer) and return their nodes."""
-        plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=False)
+        plan = self._driver.plan(
+            query_bundle.query_str, dispatcher, generate_answer=False, caller=type(self).__name__
+        )
         _, state = self._driver.run_plan(plan)
         return self._cut(state)
 
     @dispatcher.span
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Async :meth:`_retrieve`: the index retriever's ``aretrieve``, model work in a thread."""
-        plan = self._driver.plan(query_bundle.query_str, dispatcher, generate_answer=False)
+        plan = self._driver.plan(
+            query_bundle.query_str, dispatcher, generate_answer=False, caller=type(self).__name__
+        )
         _, state = await self._driver.arun_plan(plan)
         return self._cut(state)
