@@ -95,3 +95,17 @@ def test_user_mistakes_exit_nonzero_without_traceback(tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, argv
+
+
+def test_a_missing_extra_is_named_before_any_work(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["eval", "--model", "no-such-model", "--index", ".", "--questions", "q", "--plot"]
+    assert main([*argv, str(tmp_path / "c.png")]) == 1  # before the model would fail to load
+    err = capsys.readouterr().err
+    assert "[plot]" in err and "Traceback" not in err
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    assert main(["index", str(EXAMPLES / "corpus.jsonl"), str(tmp_path / "idx")]) == 1
+    err = capsys.readouterr().err
+    assert "[faiss]" in err and "Traceback" not in err

@@ -78,7 +78,18 @@ def test_shipped_demo_model_answers_a_3_hop_test_question():
     assert all(s.thought for s in res.steps)  # decoded thoughts for every step
 
 
-def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypatch):
+def test_demo_question_shows_the_gold_answer_of_a_test_question():
+    from latentrag_plugins.cli.cmd_demo import with_gold
+    from latentrag_plugins.demo.assets import DEMO_QUESTIONS
+    from latentrag_plugins.evaluation import read_questions
+
+    test = read_questions(DEMO_QUESTIONS)
+    q = "in which city was  the director of Lardave born? "
+    assert with_gold(q, test) == (q, ("Soukarholm",))
+    assert with_gold("Who directed Jaws?", test) == ("Who directed Jaws?", None)
+
+
+def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypatch, capsys):
     from latentrag_plugins.demo import index_cache
 
     monkeypatch.setenv("LATENTRAG_CACHE", str(tmp_path / "cache"))
@@ -92,8 +103,10 @@ def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypat
     )
     first = index_cache.cached_index(model, corpus)
     assert len(first) == 5 and len(list((tmp_path / "cache").iterdir())) == 1
+    assert "building the index of corpus.jsonl once" in capsys.readouterr().err
     index_cache.cached_index(model, corpus)  # loaded, not rebuilt
     assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert "building" not in capsys.readouterr().err
     bias = model.doc_tower.encoder.encoder.layer[0].output.dense.bias
     with torch.no_grad():
         bias.add_(0.5)  # e.g. a checkpoint whose retriever was fine-tuned, same encoder id

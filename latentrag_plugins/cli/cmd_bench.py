@@ -89,9 +89,10 @@ def format_report(rep: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..bench.runner import BenchConfig, run_bench
     from ..io_utils import write_json_atomic
-    from .common import check_output_files, print_json
+    from .common import check_output_files, check_plot_extra, print_json
 
     check_output_files(args.json, args.plot)
+    check_plot_extra(args.plot)
     cfg = BenchConfig(
         shape=args.shape,
         retriever=args.retriever,

@@ -77,13 +77,23 @@ def run(args: argparse.Namespace) -> int:
     store = cached_index(model, DEMO_CORPUS)
     if args.json:
         return _json_report(args, model, explicit, naive, store, DEMO_QUESTIONS)
+    test = read_questions(DEMO_QUESTIONS)
     if args.question:
-        questions = [(args.question, None)]
+        questions = [with_gold(args.question, test)]
     else:
-        questions = _pick(read_questions(DEMO_QUESTIONS), args.num_questions)
+        questions = _pick(test, args.num_questions)
     for question, golds in questions:
         _show(question, golds, model, explicit, naive, store)
     return 0
+
+
+def with_gold(question: str, test):  # noqa: ANN001, ANN201 - evaluation.Question list
+    """``(question, golds)``: the gold answers when ``question`` is one of ``test`` (case and
+    spacing aside), else None."""
+    key = " ".join(question.lower().split())
+    return question, next(
+        (q.golds for q in test if " ".join(q.question.lower().split()) == key), None
+    )
 
 
 def _pick(questions, n: int):  # noqa: ANN001, ANN202 - evaluation.Question list

@@ -77,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from .common import check_output_files, dtype_kwargs, load_index, load_model
+    from .common import check_output_files, check_plot_extra, dtype_kwargs, load_index, load_model
 
     check_output_files(args.json, args.plot, args.predictions)
+    check_plot_extra(args.plot)
     baselines = parse_baselines(args.baselines)
     if args.no_latent and not baselines:
         raise ValueError("--no-latent needs at least one --baselines entry")

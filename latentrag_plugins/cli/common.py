@@ -97,6 +97,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def check_plot_extra(plot: str | None) -> None:
+    """Before any work: ``--plot`` without matplotlib fails, naming the ``[plot]`` extra."""
+    if plot:
+        from ..extras import require
+
+        require("matplotlib", "plot", "the latency chart (--plot)")
+
+
 def check_output_files(*paths: str | None) -> None:
     """Refuse, before any long work, output file paths that could not be written: an existing
     directory, or a path under a file. None and ``-`` (stdout) pass."""

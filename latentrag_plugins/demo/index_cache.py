@@ -36,6 +36,12 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
             return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
         except StoreError:
             pass  # a corrupt cache: rebuild it
+    print(  # once per corpus and tower; without a terminal no progress bar shows it
+        f"building the index of {Path(corpus).name} once (cached in {path}; about a minute "
+        "for the demo corpus on 2 CPU cores)",
+        file=sys.stderr,
+        flush=True,
+    )
     store = FaissStore.build(
         model, iter_corpus(corpus), batch_size=128, show_progress=sys.stderr.isatty()
     )
