@@ -508,3 +508,39 @@ def test_a_node_without_score_reports_none_not_zero():
     doc = to_doc(NodeWithScore(node=TextNode(text="Warsaw", id_="w"), score=None))
     res = LatentRAGResult(answer="a", steps=[Step(index=0, action="retrieve", docs=[doc])])
     assert response_metadata(res)["latent_steps"][0]["scores"] == [None]
+
+
+def test_async_paths_search_the_store_asynchronously(lmodel, nodes, embed):
+    from llama_index.core.vector_stores.simple import SimpleVectorStore
+
+    class AsyncOnly(SimpleVectorStore):
+        def query(self, query, **kw):
+            raise AssertionError("sync search on the async path")
+
+        async def aquery(self, query, **kw):
+            await asyncio.sleep(0)
+            return SimpleVectorStore.query(self, query, **kw)
+
+    storage = StorageContext.from_defaults(vector_store=AsyncOnly())
+    idx = VectorStoreIndex(
+        [n.model_copy() for n in nodes], storage_context=storage, embed_model=embed
+    )
+    ticks, done = 0, asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main():
+        t = asyncio.create_task(ticker())
+        got = await LatentRAGRetriever(model=lmodel, index=idx, max_steps=2).aretrieve(Q)
+        resp = await LatentRAGQueryEngine(model=lmodel, index=idx, max_steps=2).aquery(Q)
+        done.set()
+        await t
+        return got, resp
+
+    with ForceActions(lmodel, "retrieve"):
+        got, resp = asyncio.run(main())
+    assert got and resp.source_nodes and ticks > 50  # the event loop ran during the searches

@@ -90,3 +90,29 @@ def test_question_files_are_checked_line_by_line(tmp_path):
         read_questions(path)
     path.write_text(good.replace('["Ann"]', '["Ann", ""]'))
     assert read_questions(path)[0].golds == ("Ann",)  # empty aliases are dropped
+
+
+def test_eval_scores_each_answer_against_its_golds():
+    from latentrag_plugins.evaluation import Question, evaluate, report
+    from latentrag_plugins.results import LatentRAGResult, Step
+
+    qs = [Question("a", "Where?", ("Poland",), 1), Question("b", "River?", ("Danube",), 2)]
+    canned = {
+        "Where?": ("Poland", "Warsaw\nWarsaw is in Poland."),
+        "River?": ("the Vistula river", "Vienna\nVienna lies on the Danube."),
+    }
+
+    def run(questions):
+        out = []
+        for q in questions:
+            answer, text = canned[q]
+            doc = RetrievedDoc(id=q, text=text, score=1.0)
+            steps = [Step(index=0, action="retrieve", docs=[doc]), Step(index=1, action="answer")]
+            out.append(LatentRAGResult(answer=answer, steps=steps))
+        return out
+
+    rep = report(evaluate({"latent": run}, qs, reference=None, show_progress=False))
+    m = rep["methods"]["latent"]
+    assert m["em"] == 0.5 and m["retrieval_success"] == 1.0
+    assert m["f1"] == pytest.approx((1.0 + 0.0) / 2)
+    assert rep["by_hops"]["2"]["methods"]["latent"]["em"] == 0.0

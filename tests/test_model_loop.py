@@ -370,7 +370,7 @@ def test_answer_tokens_stream_in_order(model, store):
     pieces: list[str] = []
     res = model.run(Q, store, on_token=lambda row, text: pieces.append(text))
     assert len(pieces) == len(res._token_ids) - res._token_ids.index(model.ids.answer) - 1
-    assert "".join(pieces).strip() == res.answer.strip() or pieces
+    assert pieces and "".join(pieces).strip() == res.answer.strip()
 
 
 def test_training_mode_comes_back_when_the_loop_fails(model, store):
@@ -397,3 +397,33 @@ def test_kept_latents_do_not_hold_the_whole_pass(model, store, force):
     for lat in res._latents:
         for t in lat.values():  # a view would keep every fed document's hidden states alive
             assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def test_answer_tokens_equal_an_uncached_greedy_decode(model, store, force):
+    for mode, steps in (("retrieve", 1), ("answer", 3)):  # forced (merged) and chosen (branch)
+        with force(model, mode):
+            res = model.run(Q, store, max_steps=steps)
+            ids = res._token_ids
+            at = ids.index(model.ids.answer)
+            with torch.no_grad():
+                logits = model.llm(input_ids=torch.tensor([ids])).logits[0].float()  # (L, V)
+        logits[:, sorted(model.ids.all - {model.ids.answer_end})] = float("-inf")
+        assert len(ids) > at + 1
+        assert logits[at:-1].argmax(-1).tolist() == ids[at + 1 :], mode
+
+
+def test_each_document_keeps_at_most_max_doc_tokens(tokenizer, force):
+    m = make_model(tokenizer, "tiny", max_doc_tokens=20, top_k=2)
+    text = "Long\n" + " ".join(f"word{i}" for i in range(500))
+
+    class LongStore:
+        encoder_id, dim = m.encoder_id, m.dim
+
+        def search(self, embedding, k):
+            return [RetrievedDoc(id=f"l{i}", text=text, score=1.0) for i in range(k)]
+
+    with force(m, "retrieve"):
+        ids = m.run("Who?", LongStore(), max_steps=1)._token_ids
+    block = ids[ids.index(m.ids.info) + 1 : ids.index(m.ids.info_end)]
+    heads = sum(len(m.prompts.trusted(f" Doc {i} (Title:")) for i in (1, 2))
+    assert 2 * 4 < len(block) - heads <= 2 * 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -17,16 +18,24 @@ Q = "Which river flows through the birthplace of Albert Einstein?"
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, model):
-    # Make the query tower differ from the frozen document tower, as after training.
+def trained(model):
+    """A copy of the session's model whose query tower differs from the frozen document tower,
+    as after training (the session's model stays as it is for other tests)."""
+    model = copy.deepcopy(model)
     with torch.no_grad():
         model.query_tower.encoder.encoder.layer[-1].output.dense.bias.add_(0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, trained):
     path = tmp_path_factory.mktemp("ckpt") / "model"
-    model.save_pretrained(path)
+    trained.save_pretrained(path)
     return path
 
 
-def test_round_trip_gives_identical_results(saved, model, store, force):
+def test_round_trip_gives_identical_results(saved, trained, store, force):
+    model = trained
     loaded = LatentRAG.from_pretrained(saved, device="cpu")
     with force(model, "retrieve"):
         a = model.run(Q, store, max_steps=2, decode=True)
@@ -309,3 +318,21 @@ def test_a_config_that_does_not_fit_its_checkpoint_is_named(saved, tmp_path, fie
     (ckpt / "config.json").write_text(json.dumps({**cfg, field: value}))
     with pytest.raises(CheckpointError, match=f"config.json.*{message}"):
         LatentRAG.from_pretrained(ckpt, device="cpu")
+
+
+def test_an_in_memory_retriever_is_bundled_and_round_trips(tokenizer, tmp_path):
+    import numpy as np
+
+    from latentrag_plugins.model_zoo import build_encoder, build_llm
+
+    tok = copy.deepcopy(tokenizer)
+    enc = build_encoder("tiny-qwen3-emb", vocab_size=len(tok))
+    m = LatentRAG.init(
+        build_llm("tiny", vocab_size=len(tok)), (enc, copy.deepcopy(tokenizer)), tokenizer=tok,
+        device="cpu",
+    )  # fmt: skip
+    m.save_pretrained(tmp_path / "c")
+    again = LatentRAG.from_pretrained(tmp_path / "c", device="cpu")
+    texts = ["Warsaw is in Poland.", "a b c"]
+    np.testing.assert_allclose(again.embed_documents(texts), m.embed_documents(texts), atol=1e-5)
+    assert again.encoder_id == m.encoder_id

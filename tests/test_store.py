@@ -325,3 +325,22 @@ def test_build_from_corpus_file(enc: HashEncoder, tmp_path: Path) -> None:
     lines = [json.dumps({"id": d.id, "contents": d.text}) for d in DOCS]
     s = FaissStore.build(enc, read_corpus(_write(tmp_path / "c.jsonl", lines)), show_progress=False)
     assert s.search(enc.embed_query("Berlin Germany"), k=1)[0].id == "berlin"
+
+
+def test_a_failed_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):
+    from latentrag_plugins.io_utils import write_json_atomic
+
+    p = tmp_path / "trainer_state.json"
+    write_json_atomic(p, {"step": 2})
+    real = Path.write_text
+
+    def torn(self, text, **kw):  # the disk fills up half-way
+        real(self, text[:5], **kw)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", torn)
+    with pytest.raises(OSError):
+        write_json_atomic(p, {"step": 4})
+    monkeypatch.undo()
+    assert json.loads(p.read_text()) == {"step": 2}
+    assert [x.name for x in tmp_path.iterdir()] == ["trainer_state.json"]

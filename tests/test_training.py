@@ -464,6 +464,7 @@ def test_resume_gives_same_next_step_loss_lora(tmp_path, tokenizer, world, wstor
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
     for ra, rb in zip(la, lb):  # dropout 0.1 is on: RNG states are restored too
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5, abs=1e-6)
+        assert rb["lr"] == pytest.approx(ra["lr"])  # the scheduler is restored too
     with pytest.raises(LatentRAGError, match="different settings"):
         Trainer(str(init), str(prep), b, cfg.model_copy(update={"lr": 1.0})).train(resume=True)
 
