@@ -650,3 +650,13 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     bad.write_text('{"a": 1}\n[1]\n', encoding="utf-8")
     with pytest.raises(LatentRAGError, match=r"t\.jsonl:2: expected a JSON object"):
         list(read_jsonl(bad))
+
+
+def test_the_package_exports_functions_not_same_named_modules():
+    import importlib
+
+    import latentrag_plugins.training as training
+
+    for name in training.__all__:
+        obj = getattr(training, name)
+        assert not isinstance(obj, type(importlib)), name  # e.g. `prepare` the function
