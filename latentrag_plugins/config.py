@@ -6,7 +6,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
@@ -18,6 +18,7 @@ from .io_utils import write_json_atomic
 DEFAULT_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
 
 Pooling = Literal["mean", "cls", "last_token"]
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class VersionedConfig(BaseModel):
@@ -102,7 +103,10 @@ class LatentRAGConfig(VersionedConfig):
         default=4, ge=0, le=32, description="Most retrieval steps; then the answer is forced."
     )
     max_context_tokens: int = Field(
-        default=3000, ge=64, description="Token budget of the whole LLM context of one question."
+        default=3000,
+        ge=64,
+        description="Token budget of the whole LLM context of one question (at most the LLM's "
+        "positions; init lowers the default to them).",
     )
     max_doc_tokens: int = Field(
         default=256, ge=8, description="Most LLM tokens kept per retrieved document."
@@ -181,25 +185,44 @@ def position_limit(llm: Any) -> int | None:
     return None
 
 
-def fit_context_budget(config: dict[str, Any], llm: Any, config_cls: type[BaseModel]) -> None:
-    """At init: lower an unset ``max_context_tokens`` (``config_cls``'s default) to the LLM's
-    position limit, in place."""
-    limit = position_limit(llm)
-    default = config_cls.model_fields["max_context_tokens"].default
-    if "max_context_tokens" not in config and limit is not None and limit < default:
-        config["max_context_tokens"] = limit
+def build_config(config_cls: type[ConfigT], llm: Any, **fields: Any) -> ConfigT:
+    """A new model's validated config, its context budget fitted to the LLM's positions.
 
-
-def check_context_budget(budget: int, llm: Any, where: str = "") -> None:
-    """Refuse a context budget over the LLM's position limit (DESIGN §5: never overflow it).
+    An unset ``max_context_tokens`` is lowered to the LLM's position limit when that is smaller
+    than the default; a budget set over the limit is refused.
 
     Raises:
-        ValueError: ``budget`` exceeds the limit; the message starts with ``where``, if given.
+        ValueError: Invalid settings, or a budget over the LLM's positions.
     """
     limit = position_limit(llm)
-    if limit is not None and budget > limit:
+    default = config_cls.model_fields["max_context_tokens"].default
+    lowered = "max_context_tokens" not in fields and limit is not None and limit < default
+    if lowered:
+        fields["max_context_tokens"] = limit
+    try:
+        cfg = config_cls(**fields)
+    except ValueError as exc:
+        if lowered:
+            raise ValueError(
+                f"the LLM has only {limit} positions, too few for these settings: {exc}"
+            ) from None
+        raise
+    if limit is not None and cfg.max_context_tokens > limit:  # DESIGN §5: never overflow it
         raise ValueError(
-            f"{where + ': ' if where else ''}max_context_tokens={budget} exceeds the LLM's "
-            f"{limit} positions; "
+            f"max_context_tokens={cfg.max_context_tokens} exceeds the LLM's {limit} positions; "
             f"set max_context_tokens <= {limit}"
         )
+    return cfg
+
+
+def fit_loaded_budget(cfg: Any, llm: Any, where: str) -> None:
+    """A loaded config whose budget exceeds the LLM's positions (saved before budgets were
+    checked) gets the limit instead, with a warning naming ``where``."""
+    limit = position_limit(llm)
+    if limit is not None and cfg.max_context_tokens > limit:
+        warnings.warn(
+            f"{where}: max_context_tokens={cfg.max_context_tokens} exceeds the LLM's {limit} "
+            f"positions; using {limit}",
+            stacklevel=3,
+        )
+        cfg.max_context_tokens = limit

@@ -26,8 +26,8 @@ from transformers import (
 from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
-    check_context_budget,
-    fit_context_budget,
+    build_config,
+    fit_loaded_budget,
 )
 from .encoder import (
     DocumentTowerAPI,
@@ -180,11 +180,10 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         pooling, instruction = detect_pooling(enc_path or enc_id, enc)
         config.setdefault("retriever_pooling", pooling)
         config.setdefault("query_instruction", instruction)
-        fit_context_budget(config, llm, LatentRAGConfig)
-        cfg = LatentRAGConfig(
-            base_model=base_id, retriever=enc_id, retriever_dim=enc.config.hidden_size, **config
-        )
-        check_context_budget(cfg.max_context_tokens, llm, "LatentRAG.init")
+        cfg = build_config(
+            LatentRAGConfig, llm, base_model=base_id, retriever=enc_id,
+            retriever_dim=enc.config.hidden_size, **config,
+        )  # fmt: skip
         add_control_tokens(tok, llm, cfg.n_think, cfg.n_query)
         doc_tower = EncoderTower.from_config(enc, enc_tok, cfg)
         query_tower = copy.deepcopy(doc_tower) if cfg.pretrained_query_tower else None
@@ -433,7 +432,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                 f"in {doc_tower.dim} dimensions"
             )
         try:
-            check_context_budget(cfg.max_context_tokens, llm)
+            fit_loaded_budget(cfg, llm, str(config_file))
             model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
         except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None

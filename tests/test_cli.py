@@ -105,7 +105,26 @@ def test_a_missing_extra_is_named_before_any_work(tmp_path, capsys, monkeypatch)
     assert main([*argv, str(tmp_path / "c.png")]) == 1  # before the model would fail to load
     err = capsys.readouterr().err
     assert "[plot]" in err and "Traceback" not in err
+    assert main(["bench", "--plot", str(tmp_path / "b.png")]) == 1
+    assert "[plot]" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "faiss", None)
     assert main(["index", str(EXAMPLES / "corpus.jsonl"), str(tmp_path / "idx")]) == 1
     err = capsys.readouterr().err
     assert "[faiss]" in err and "Traceback" not in err
+
+
+def test_init_checks_settings_before_building_a_model(tmp_path, capsys, monkeypatch):
+    from latentrag_plugins import model_zoo
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built before the settings were checked")
+
+    monkeypatch.setattr(model_zoo, "build_llm", built)
+    for extra in (["--n-think", "0"], ["--explicit", "--max-steps", "-1"]):
+        argv = ["init", "--base-model", "random:tiny", str(tmp_path / "m"), *extra]
+        assert main(argv) == 1, extra
+        assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.undo()
+    argv = ["init", "--base-model", "random:tiny", str(tmp_path / "e"), "--explicit", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "explicit"

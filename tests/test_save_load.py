@@ -303,8 +303,12 @@ def test_context_budget_never_exceeds_the_llms_positions(tokenizer, saved, tmp_p
     (ckpt / "llm" / "config.json").write_text(
         json.dumps({**llm_cfg, "max_position_embeddings": 1000})
     )
-    with pytest.raises(CheckpointError, match="config.json does not fit.*1000 positions"):
-        LatentRAG.from_pretrained(ckpt, device="cpu")
+    with pytest.warns(UserWarning, match="config.json: max_context_tokens=3000 exceeds.*1000"):
+        loaded = LatentRAG.from_pretrained(ckpt, device="cpu")  # saved before budgets were checked
+    assert loaded.config.max_context_tokens == 1000
+    tiny = build_llm("tiny", vocab_size=len(tok), seed=1, max_position_embeddings=64)
+    with pytest.raises(ValueError, match="only 64 positions, too few"):
+        LatentRAG.init(tiny, tokenizer=copy.deepcopy(tokenizer))
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..config import DEFAULT_RETRIEVER, check_context_budget, fit_context_budget
+from ..config import DEFAULT_RETRIEVER, build_config, fit_loaded_budget
 from ..encoder import (
     DocumentTowerAPI,
     EncoderTower,
@@ -162,9 +162,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             config.setdefault("retriever_pooling", pooling)
             config.setdefault("query_instruction", instruction)
             tower = None
-        fit_context_budget(config, llm, ExplicitConfig)
-        cfg = ExplicitConfig(base_model=base_id, retriever=enc_id, **config)
-        check_context_budget(cfg.max_context_tokens, llm, "ExplicitAgent.init")
+        cfg = build_config(ExplicitConfig, llm, base_model=base_id, retriever=enc_id, **config)
         if tower is None:
             tower = EncoderTower.from_config(enc, enc_tok, cfg)
         agent = cls(cfg, llm, tok, tower)
@@ -366,7 +364,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         enc, enc_tok, _ = load_encoder(source, trust_remote_code=trust)
         config_file = root / EXPLICIT_CONFIG_FILE
         try:
-            check_context_budget(cfg.max_context_tokens, llm)
+            fit_loaded_budget(cfg, llm, str(config_file))
             agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
         except ValueError as exc:
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None

@@ -62,6 +62,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise LatentRAGError(f"{out} exists and is not empty (use --force to overwrite)")
+    if getattr(args, "explicit", False):  # bad settings fail before any model is built
+        from ..baselines.explicit_config import ExplicitConfig
+
+        ExplicitConfig(base_model="-", top_k=args.top_k, max_turns=args.max_steps)
+    else:
+        from ..config import LatentRAGConfig
+
+        LatentRAGConfig(
+            base_model="-", n_think=args.n_think, n_query=args.n_query, top_k=args.top_k,
+            max_steps=args.max_steps,
+        )  # fmt: skip
     base: object = args.base_model
     tok = None
     if args.base_model.startswith(RANDOM_PREFIX):
@@ -102,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, out: object, kind: str, config: dict) -> None:
     if args.json:
-        import json
+        from .common import print_json
 
-        print(json.dumps({"path": str(out), "kind": kind, "config": config}, indent=2))
+        print_json({"path": str(out), "kind": kind, "config": config})
         return
     what = "an explicit agent" if kind == "explicit" else "an untrained LatentRAG model"
     print(f"saved {what} to {out} (base {args.base_model}, retriever {config['retriever']})")

@@ -37,8 +37,8 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
         except StoreError:
             pass  # a corrupt cache: rebuild it
     print(  # once per corpus and tower; without a terminal no progress bar shows it
-        f"building the index of {Path(corpus).name} once (cached in {path}; about a minute "
-        "for the demo corpus on 2 CPU cores)",
+        f"building the index of {Path(corpus).name} once (cached in {path}; the demo corpus "
+        "takes about a minute on 2 CPU cores)",
         file=sys.stderr,
         flush=True,
     )

@@ -101,7 +101,7 @@ class LatentDriver:
         model: The LatentRAG model (or checkpoint path).
         index: A ``VectorStoreIndex`` built with the model's document tower (checked).
         top_k: Nodes per latent step (default: the model's ``config.top_k``).
-        max_steps: Most retrieval steps, at least 1 (default: ``config.max_steps``).
+        max_steps: Most retrieval steps, at least 1 (default: ``config.max_steps``, at least 1).
         decode: Decode each step's latent thought and subquery; the subquery becomes the
             ``query_str`` of the step's ``QueryBundle``.
         retriever_kwargs: Extra ``index.as_retriever`` arguments (``filters``, ...).
@@ -120,7 +120,7 @@ class LatentDriver:
         self.model = resolve_model(model)
         cfg = self.model.config
         self.top_k = cfg.top_k if top_k is None else int(top_k)
-        self.max_steps = cfg.max_steps if max_steps is None else int(max_steps)
+        self.max_steps = max(1, cfg.max_steps) if max_steps is None else int(max_steps)
         if self.top_k < 1 or self.max_steps < 1:
             raise ValueError(
                 "top_k and max_steps must be >= 1 (the adapters retrieve at least once)"
