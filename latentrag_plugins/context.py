@@ -65,6 +65,7 @@ class BatchedContext:
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)  # (B, L)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
         self.passes = 0
+        self._cache_dtype: torch.dtype | None = None  # of the last pass (None: empty cache)
 
     def feed(self, chunks: list[list[int]], branch: int = 0) -> torch.Tensor:
         """Feed one list of token ids per row (empty: nothing for that row) in one forward pass.
@@ -99,9 +100,9 @@ class BatchedContext:
             return self._narrow
         parts = self._narrow if width < WIDE_FROM else self._wide
         dtype = parts.embed.weight.dtype
-        layers = [x for x in self.cache.layers if getattr(x, "keys", None) is not None]
-        if all(x.keys.dtype == dtype for x in layers):  # (layers: checked when a twin is given)
+        if self._cache_dtype in (None, dtype):  # every pass writes every layer in its dtype
             return parts
+        layers = [x for x in self.cache.layers if getattr(x, "keys", None) is not None]
         # The cast copies the cache anyway: drop the columns masked in every row (bucket
         # padding) on the way, so the token passes after it attend to less.
         keep = self.mask.any(0).nonzero().squeeze(1)  # (L',) columns some row still sees
@@ -136,6 +137,7 @@ class BatchedContext:
         self.mask = mask
         self.next_pos = self.next_pos + new.sum(1)
         self.passes += 1
+        self._cache_dtype = embeds.dtype
         return out.last_hidden_state.to(self.embed.weight.dtype)
 
     def _branch_mask(
@@ -148,10 +150,10 @@ class BatchedContext:
         seen = (k <= q) & mask.bool()[:, None, :]  # (B, Lc, L + Lc)
         seen[:, -1, total - 1 - branch : total - 1] = False
         seen |= k == q  # every query sees itself, so padding rows never attend to nothing
-        if self.decoder.config._attn_implementation == "sdpa":
-            return seen[:, None]
+        # Additive, so sdpa does not convert a boolean mask again in every layer.
+        fill = float("-inf") if self.decoder.config._attn_implementation == "sdpa" else None
         bias = torch.zeros(seen.shape, dtype=dtype, device=self.device)
-        return bias.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+        return bias.masked_fill_(~seen, torch.finfo(dtype).min if fill is None else fill)[:, None]
 
     def drop_last(self, n: int, rows: list[int], keep: int = 0) -> None:
         """Forget ``n`` fed positions of ``rows``, ending ``keep`` positions before the last one
@@ -178,9 +180,15 @@ class BatchedContext:
             self.mask[rows, end - n : end] = 0
         self.next_pos[rows] -= n
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32."""
-        return self.head(h).float()
+    def logits(self, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32, or only the
+        vocabulary ``rows``: ``(..., len(rows))``."""
+        head = self.head
+        if rows is None or type(head) is not torch.nn.Linear or head._forward_hooks:
+            out = head(h).float()  # (..., V)
+            return out if rows is None else out[..., rows]
+        bias = None if head.bias is None else head.bias[rows]
+        return torch.nn.functional.linear(h, head.weight[rows], bias).float()  # (..., len(rows))
 
 
 BUCKET = 32  # bfloat16/float16 CPU passes are left-padded to a multiple of this width

@@ -202,17 +202,32 @@ class EncoderTower(nn.Module):
         -> ``(B, dim)`` float32."""
         emb_layer = self.encoder.get_input_embeddings()
         b = embeds.shape[0]
-        parts = []
-        if self._prefix_ids:
-            ids = torch.tensor(self._prefix_ids, device=embeds.device)
-            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, p, d_in)
-        parts.append(embeds.to(emb_layer.weight.dtype))
-        if self._suffix_ids:
-            ids = torch.tensor(self._suffix_ids, device=embeds.device)
-            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, s, d_in)
+        prefix, suffix = self._framing(emb_layer)  # (1, p, d_in), (1, s, d_in)
+        parts = [embeds.to(emb_layer.weight.dtype)]
+        if prefix is not None:
+            parts.insert(0, prefix.expand(b, -1, -1))
+        if suffix is not None:
+            parts.append(suffix.expand(b, -1, -1))
         x = torch.cat(parts, dim=1)  # (B, p + n + s, d_in)
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         return self._finish(pool(self._hidden(mask, embeds=x), mask, self.pooling))
+
+    def _framing(self, emb_layer: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The prefix and suffix word embeddings ``(1, p, d_in)`` (None when empty); reused
+        without autograd while the embedding weights are unchanged."""
+        w = emb_layer.weight
+        reuse = not torch.is_grad_enabled() and not w.is_inference()
+        key = (id(w), w.data_ptr(), w._version if reuse else -1, w.dtype, w.device)
+        hit = self.__dict__.get("_framing_cache")
+        if reuse and hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        out = tuple(
+            emb_layer(torch.tensor(ids, device=w.device)).unsqueeze(0) if ids else None
+            for ids in (self._prefix_ids, self._suffix_ids)
+        )
+        if reuse:
+            self.__dict__["_framing_cache"] = (key, *out)
+        return out[0], out[1]
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize texts for this encoder (padded, truncated), on the tower's device."""

@@ -155,8 +155,8 @@ def latent_loop(
             hidden = ctx.feed(chunks, branch=n if spec_answer else 0)  # (B, Lc, d)
             h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
             h_query = hidden[:, m - len(slots) :][:, :n] if speculative else None  # (B, n, d)
-            act = ctx.logits(h_think[:, -1])  # (B, V)
-            wants = (act[:, ids.query[0]] > act[:, ids.answer]).tolist()
+            act = ctx.logits(h_think[:, -1], rows=[ids.query[0], ids.answer])  # (B, 2)
+            wants = (act[:, 0] > act[:, 1]).tolist()
             if step < min_steps:
                 wants = [True] * batch
         used = ctx.next_pos.tolist()  # positions so far, per row (one device read)

@@ -38,6 +38,9 @@ _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     """Put ``module`` in eval mode for the block; training mode comes back however it ends."""
+    if not any(m.training for m in module.modules()):
+        yield  # already in eval mode throughout: nothing to set or restore
+        return
     was_training = module.training
     module.eval()
     try:

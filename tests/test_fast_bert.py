@@ -76,3 +76,28 @@ def test_projections_with_hooks_are_not_fused(model, monkeypatch):
     finally:
         handle.remove()
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_framing_embeddings_follow_weight_updates(model):
+    """The query tower's [CLS]/[SEP] word embeddings are reused between calls, but an in-place
+    update of the word embeddings is seen at once."""
+    tower = model.query_tower
+    latents = torch.randn(1, model.config.n_query, tower.input_dim)
+    words = tower.encoder.get_input_embeddings().weight
+    row = tower._prefix_ids[0]
+    saved = words[row].detach().clone()
+    try:
+        with torch.inference_mode():
+            before = tower.forward_embeds(latents)
+            again = tower.forward_embeds(latents)  # from the cache
+        torch.testing.assert_close(again, before, rtol=0, atol=0)
+        with torch.no_grad():
+            words[row] += 0.5
+        with torch.inference_mode():
+            after = tower.forward_embeds(latents)
+        fresh = tower.forward_embeds(latents).detach()  # with autograd: never from the cache
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, fresh)
+    finally:
+        with torch.no_grad():
+            words[row] = saved

@@ -427,3 +427,10 @@ def test_each_document_keeps_at_most_max_doc_tokens(tokenizer, force):
     block = ids[ids.index(m.ids.info) + 1 : ids.index(m.ids.info_end)]
     heads = sum(len(m.prompts.trusted(f" Doc {i} (Title:")) for i in (1, 2))
     assert 2 * 4 < len(block) - heads <= 2 * 20
+
+
+def test_logits_of_some_vocabulary_rows_equal_the_full_heads(model):
+    ctx = BatchedContext(model.llm, 1, model.ids.pad)
+    h = torch.randn(2, model.llm.config.hidden_size)
+    rows = [model.ids.query[0], model.ids.answer]
+    torch.testing.assert_close(ctx.logits(h, rows=rows), ctx.logits(h)[:, rows])
