@@ -21,6 +21,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .extractive import SpanConstraint
+from .lean_decoder import lean_forward
+from .lean_decoder import supports as lean_supports
 
 WIDE_FROM = 8  # passes feeding at least this many tokens per row run on the wide twin, if any
 
@@ -66,8 +68,11 @@ class BatchedContext:
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
         self.passes = 0
         self._cache_dtype: torch.dtype | None = None  # of the last pass (None: empty cache)
+        self._lean_ok: dict[int, bool] = {}  # id(decoder) -> lean_decoder.supports(decoder)
 
-    def feed(self, chunks: list[list[int]], branch: int = 0) -> torch.Tensor:
+    def feed(
+        self, chunks: list[list[int]], branch: int = 0, keep: int | None = None
+    ) -> torch.Tensor:
         """Feed one list of token ids per row (empty: nothing for that row) in one forward pass.
 
         Args:
@@ -75,9 +80,12 @@ class BatchedContext:
             branch: If positive, each row's last token is a branch: it skips the ``branch``
                 tokens before it, in attention and in position, as if they were not there.
                 Check :attr:`can_branch` first.
+            keep: Return only the last ``keep`` positions (the lean decoder then computes only
+                those in its last layer); the cache gets every position either way.
 
         Returns:
-            Last-layer hidden states ``(B, Lc, d)``; each row's real tokens are right-aligned.
+            Last-layer hidden states ``(B, Lc, d)`` (``(B, keep, d)`` with ``keep``); each row's
+            real tokens are right-aligned.
         """
         width = max(1, max(len(c) for c in chunks))
         ids = torch.tensor(
@@ -87,12 +95,16 @@ class BatchedContext:
             [[0] * (width - len(c)) + [1] * len(c) for c in chunks], device=self.device
         )  # (B, Lc)
         parts = self._parts_for(width)
-        return self._forward(parts, parts.embed(ids), new, branch)
+        return self._forward(parts, parts.embed(ids), new, branch, keep)
 
-    def feed_embeds(self, embeds: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """Feed input embeddings ``(B, Lc, d)`` with real-token mask ``new (B, Lc)`` (left-padded)."""
+    def feed_embeds(
+        self, embeds: torch.Tensor, new: torch.Tensor, keep: int | None = None
+    ) -> torch.Tensor:
+        """Feed input embeddings ``(B, Lc, d)`` with real-token mask ``new (B, Lc)`` (left-padded);
+        ``keep`` as in :meth:`feed`."""
         parts = self._parts_for(embeds.shape[1])
-        return self._forward(parts, embeds.to(parts.embed.weight.dtype), new.to(self.device))
+        embeds = embeds.to(parts.embed.weight.dtype)
+        return self._forward(parts, embeds, new.to(self.device), keep=keep)
 
     def _parts_for(self, width: int) -> _Parts:
         """The model that runs a pass of ``width`` tokens; casts the cache to its dtype."""
@@ -118,7 +130,12 @@ class BatchedContext:
         return getattr(self.decoder.config, "_attn_implementation", None) in ("sdpa", "eager")
 
     def _forward(
-        self, parts: _Parts, embeds: torch.Tensor, new: torch.Tensor, branch: int = 0
+        self,
+        parts: _Parts,
+        embeds: torch.Tensor,
+        new: torch.Tensor,
+        branch: int = 0,
+        keep: int | None = None,
     ) -> torch.Tensor:
         embeds, new = _pad_to_bucket(embeds, new)
         pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
@@ -127,18 +144,28 @@ class BatchedContext:
         if branch > 0:
             pos[:, -1] = (pos[:, -1] - branch).clamp(min=0)
             attn = self._branch_mask(mask, new.shape[1], branch, embeds.dtype)  # (B,1,Lc,L+Lc)
-        out = parts.decoder(
-            inputs_embeds=embeds,
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
+        if self._lean(parts.decoder):
+            hidden = lean_forward(parts.decoder, embeds, attn, pos, self.cache, keep)
+        else:
+            hidden = parts.decoder(
+                inputs_embeds=embeds,
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=self.cache,
+                use_cache=True,
+            ).last_hidden_state
+            hidden = hidden if keep is None else hidden[:, -keep:]
         self.mask = mask
         self.next_pos = self.next_pos + new.sum(1)
         self.passes += 1
         self._cache_dtype = embeds.dtype
-        return out.last_hidden_state.to(self.embed.weight.dtype)
+        return hidden.to(self.embed.weight.dtype)
+
+    def _lean(self, decoder: torch.nn.Module) -> bool:
+        """Whether passes of ``decoder`` take the lean forward (checked once per context)."""
+        if id(decoder) not in self._lean_ok:
+            self._lean_ok[id(decoder)] = lean_supports(decoder)
+        return self._lean_ok[id(decoder)]
 
     def _branch_mask(
         self, mask: torch.Tensor, width: int, branch: int, dtype: torch.dtype
@@ -276,7 +303,7 @@ def greedy_generate(
                 chunks.append([pick[i]])
         if all(done):
             return out
-        logits = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
+        logits = ctx.logits(ctx.feed(chunks, keep=1)[:, -1])  # (B, V)
 
 
 class TextStream:

@@ -57,7 +57,7 @@ def decode_items(
             x[i, width - s.shape[0] :] = s
             new[i, width - s.shape[0] :] = 1
         ctx = BatchedContext(model.llm, len(seqs), model.ids.pad, model.wide_llm)
-        first = ctx.logits(ctx.feed_embeds(x, new)[:, -1])  # (N, V)
+        first = ctx.logits(ctx.feed_embeds(x, new, keep=1)[:, -1])  # (N, V)
         ids = model.ids
         gens = greedy_generate(
             ctx,

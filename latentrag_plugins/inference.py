@@ -152,7 +152,8 @@ def latent_loop(
         slots = model.prompts.think_slots() + tail
         chunks = [rows[i].pending + slots if i in live else [] for i in range(batch)]
         with clock.stage("prefill" if step == 0 else "reasoning"), torch.inference_mode():
-            hidden = ctx.feed(chunks, branch=n if spec_answer else 0)  # (B, Lc, d)
+            # Only the slots are read: the lean decoder skips the rest in its last layer.
+            hidden = ctx.feed(chunks, branch=n if spec_answer else 0, keep=len(slots))  # (B, S, d)
             h_think = hidden[:, -len(slots) :][:, :m]  # (B, m, d)
             h_query = hidden[:, m - len(slots) :][:, :n] if speculative else None  # (B, n, d)
             act = ctx.logits(h_think[:, -1], rows=[ids.query[0], ids.answer])  # (B, 2)
@@ -223,7 +224,7 @@ def latent_loop(
             need = [[] if r.answer_fed else [ids.answer] for r in rows]
             first = answer_logits
             if any(need):
-                fed = ctx.logits(ctx.feed(need)[:, -1])  # (B, V)
+                fed = ctx.logits(ctx.feed(need, keep=1)[:, -1])  # (B, V)
                 if first is None:
                     first = fed
                 else:

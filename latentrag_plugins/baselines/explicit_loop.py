@@ -245,7 +245,7 @@ def _feed(ctx: BatchedContext, rows: list[_Row], live: set[int] | list[int]) -> 
     """
     chunks = [rows[i].carry + rows[i].pending if i in live else [] for i in range(len(rows))]
     with torch.inference_mode():
-        h = ctx.feed(chunks)  # (B, Lc, d)
+        h = ctx.feed(chunks, keep=1)  # (B, 1, d)
         logits = ctx.logits(h[:, -1])  # (B, V)
     for i in live:
         r = rows[i]

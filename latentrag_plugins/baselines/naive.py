@@ -95,7 +95,7 @@ class NaiveRAG:
         with eval_mode(m), torch.inference_mode():
             with clock.stage("prefill"):
                 ctx = BatchedContext(m.llm, len(chunks), ids.pad, m.wide_llm)
-                first = ctx.logits(ctx.feed(chunks)[:, -1])  # (B, V)
+                first = ctx.logits(ctx.feed(chunks, keep=1)[:, -1])  # (B, V)
             with clock.stage("answer"):
                 stop = {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
                 gens = greedy_generate(

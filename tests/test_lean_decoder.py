@@ -1,0 +1,78 @@
+"""The lean decoder forward equals transformers' forward bit for bit, and is used only where it
+can."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentrag_plugins import lean_decoder
+from latentrag_plugins.context import BatchedContext
+from latentrag_plugins.model_zoo import build_llm
+
+# Passes as the loops make them: a left-padded batch, a branch pass, token passes, a pass that
+# returns only its last positions, a pass after a crop, and a pass one row sits out.
+FEEDS = [
+    dict(chunks=[[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22]]),
+    dict(chunks=[[30, 31, 32, 33, 34], [40, 41, 42, 43, 44]], branch=2),
+    dict(chunks=[[50], [51]]),
+    dict(chunks=[[60, 61, 62, 63, 64, 65, 66, 67, 68, 69], [70, 71]], keep=3),
+    dict(drop=2),
+    dict(chunks=[[80], []]),
+    dict(chunks=[[90, 91, 92, 93, 94, 95, 96, 97], [98]], keep=1),
+]
+
+
+def _run(llm, lean: bool) -> tuple[list[torch.Tensor], BatchedContext]:
+    ctx = BatchedContext(llm, 2, pad_id=0)
+    ctx._lean_ok[id(ctx.decoder)] = lean
+    out = []
+    with torch.inference_mode():
+        for f in FEEDS:
+            if "drop" in f:
+                ctx.drop_last(f["drop"], [0, 1])
+            else:
+                out.append(ctx.feed(f["chunks"], f.get("branch", 0), f.get("keep")))
+    return out, ctx
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_forward_equals_transformers(shape, dtype):
+    llm = build_llm(shape, vocab_size=128, seed=3, num_key_value_heads=2).to(dtype).eval()
+    assert lean_decoder.supports(llm.get_decoder())
+    lean, ctx_lean = _run(llm, True)
+    ref, ctx_ref = _run(llm, False)
+    passes = [f for f in FEEDS if "chunks" in f]
+    for i, (f, a, b) in enumerate(zip(passes, lean, ref)):
+        assert a.shape == b.shape, i
+        if f.get("keep") is None:
+            assert torch.equal(a, b), f"pass {i}: max diff {(a - b).abs().max()}"
+        else:  # fewer queries in the last layer: sdpa may round differently
+            torch.testing.assert_close(
+                a.float(), b.float(), rtol=1e-2, atol=1e-2 if dtype == torch.bfloat16 else 1e-5
+            )
+    for la, lb in zip(ctx_lean.cache.layers, ctx_ref.cache.layers):
+        assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+def test_lean_forward_is_used_only_where_it_is_exact():
+    llm = build_llm("tiny", vocab_size=128, seed=3).eval()
+    dec = llm.get_decoder()
+    assert lean_decoder.supports(dec)
+    dec.train()
+    assert not lean_decoder.supports(dec)  # dropout
+    dec.eval()
+    handle = dec.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert not lean_decoder.supports(dec)  # e.g. a profiler or an offload hook
+    handle.remove()
+    dec.config._attn_implementation = "eager"
+    assert not lean_decoder.supports(dec)
+    dec.config._attn_implementation = "sdpa"
+
+    class Adapted(torch.nn.Linear):  # e.g. a LoRA or quantised layer
+        pass
+
+    proj = dec.layers[0].self_attn.q_proj
+    dec.layers[0].self_attn.q_proj = Adapted(proj.in_features, proj.out_features)
+    assert not lean_decoder.supports(dec)
