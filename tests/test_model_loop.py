@@ -218,20 +218,23 @@ def test_documents_and_questions_cannot_inject_control_tokens(model, force):
     assert "<answer>" in m.tokenizer.decode(plain)
 
 
+class RepeatStore:
+    """A store for ``model`` whose every search returns ``k`` copies of one document text."""
+
+    def __init__(self, model, text: str) -> None:
+        self.encoder_id, self.dim, self.text = model.encoder_id, model.dim, text
+
+    def search(self, embedding, k):
+        return [RetrievedDoc(id=f"d{i}", text=self.text, score=1.0) for i in range(k)]
+
+
 def test_long_documents_are_truncated_to_the_context_budget(tokenizer, force):
     from tests.conftest import make_model
 
     m = make_model(tokenizer, "tiny", max_context_tokens=400, max_doc_tokens=100)
     long_text = "Long\n" + " ".join(f"word{i}" for i in range(5000))
-
-    class LongStore:
-        encoder_id, dim = m.encoder_id, m.dim
-
-        def search(self, embedding, k):
-            return [RetrievedDoc(id=f"l{i}", text=long_text, score=1.0) for i in range(k)]
-
     with force(m, "retrieve"):
-        res = m.run(Q, LongStore(), max_steps=4)
+        res = m.run(Q, RepeatStore(m, long_text), max_steps=4)
     assert len(res._token_ids) <= 400
     assert res.steps[-1].action == "answer"
     assert sum(s.action == "retrieve" for s in res.steps) >= 1
@@ -415,15 +418,8 @@ def test_answer_tokens_equal_an_uncached_greedy_decode(model, store, force):
 def test_each_document_keeps_at_most_max_doc_tokens(tokenizer, force):
     m = make_model(tokenizer, "tiny", max_doc_tokens=20, top_k=2)
     text = "Long\n" + " ".join(f"word{i}" for i in range(500))
-
-    class LongStore:
-        encoder_id, dim = m.encoder_id, m.dim
-
-        def search(self, embedding, k):
-            return [RetrievedDoc(id=f"l{i}", text=text, score=1.0) for i in range(k)]
-
     with force(m, "retrieve"):
-        ids = m.run("Who?", LongStore(), max_steps=1)._token_ids
+        ids = m.run("Who?", RepeatStore(m, text), max_steps=1)._token_ids
     block = ids[ids.index(m.ids.info) + 1 : ids.index(m.ids.info_end)]
     heads = sum(len(m.prompts.trusted(f" Doc {i} (Title:")) for i in (1, 2))
     assert 2 * 4 < len(block) - heads <= 2 * 20
