@@ -178,9 +178,10 @@ class BatchedContext:
         seen[:, -1, total - 1 - branch : total - 1] = False
         seen |= k == q  # every query sees itself, so padding rows never attend to nothing
         # Additive, so sdpa does not convert a boolean mask again in every layer.
-        fill = float("-inf") if self.decoder.config._attn_implementation == "sdpa" else None
+        sdpa = self.decoder.config._attn_implementation == "sdpa"
+        fill = float("-inf") if sdpa else torch.finfo(dtype).min
         bias = torch.zeros(seen.shape, dtype=dtype, device=self.device)
-        return bias.masked_fill_(~seen, torch.finfo(dtype).min if fill is None else fill)[:, None]
+        return bias.masked_fill_(~seen, fill)[:, None]
 
     def drop_last(self, n: int, rows: list[int], keep: int = 0) -> None:
         """Forget ``n`` fed positions of ``rows``, ending ``keep`` positions before the last one
