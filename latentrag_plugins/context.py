@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .extractive import SpanConstraint
-from .lean_decoder import lean_forward
+from .lean_decoder import lean_forward, plain_module
 from .lean_decoder import supports as lean_supports
 
 WIDE_FROM = 8  # passes feeding at least this many tokens per row run on the wide twin, if any
@@ -212,7 +212,7 @@ class BatchedContext:
         """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32, or only the
         vocabulary ``rows``: ``(..., len(rows))``."""
         head = self.head
-        if rows is None or type(head) is not torch.nn.Linear or head._forward_hooks:
+        if rows is None or type(head) is not torch.nn.Linear or not plain_module(head):
             out = head(h).float()  # (..., V)
             return out if rows is None else out[..., rows]
         bias = None if head.bias is None else head.bias[rows]

@@ -213,21 +213,22 @@ class EncoderTower(nn.Module):
         return self._finish(pool(self._hidden(mask, embeds=x), mask, self.pooling))
 
     def _framing(self, emb_layer: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The prefix and suffix word embeddings ``(1, p, d_in)`` (None when empty); reused
-        without autograd while the embedding weights are unchanged."""
-        w = emb_layer.weight
-        reuse = not torch.is_grad_enabled() and not w.is_inference()
-        key = (id(w), w.data_ptr(), w._version if reuse else -1, w.dtype, w.device)
-        hit = self.__dict__.get("_framing_cache")
-        if reuse and hit is not None and hit[0] == key:
-            return hit[1], hit[2]
-        out = tuple(
-            emb_layer(torch.tensor(ids, device=w.device)).unsqueeze(0) if ids else None
-            for ids in (self._prefix_ids, self._suffix_ids)
+        """The prefix and suffix word embeddings ``(1, p, d_in)`` (None when empty), looked up
+        from the current weights with id tensors made once per device."""
+        device = emb_layer.weight.device
+        ids = self.__dict__.get("_framing_ids")
+        if ids is None or ids[0] != device:
+            with torch.inference_mode(False):  # normal tensors: training may index with them
+                ids = (
+                    device,
+                    *(torch.tensor(x, device=device) for x in (self._prefix_ids, self._suffix_ids)),
+                )
+            self.__dict__["_framing_ids"] = ids
+        prefix, suffix = ids[1:]
+        return (
+            emb_layer(prefix).unsqueeze(0) if len(prefix) else None,
+            emb_layer(suffix).unsqueeze(0) if len(suffix) else None,
         )
-        if reuse:
-            self.__dict__["_framing_cache"] = (key, *out)
-        return out[0], out[1]
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize texts for this encoder (padded, truncated), on the tower's device."""

@@ -20,15 +20,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED = ("Qwen2Model", "LlamaModel")  # exact classes: subclasses may change the forward
+
+def _exact_classes() -> dict[type, tuple[type, ...]]:
+    """Decoder class -> (layer, attention, MLP, norm) classes the lean forward reproduces."""
+    from transformers.models.llama import modeling_llama as llama
+    from transformers.models.qwen2 import modeling_qwen2 as qwen2
+
+    return {
+        qwen2.Qwen2Model: (
+            qwen2.Qwen2DecoderLayer, qwen2.Qwen2Attention, qwen2.Qwen2MLP, qwen2.Qwen2RMSNorm
+        ),
+        llama.LlamaModel: (
+            llama.LlamaDecoderLayer, llama.LlamaAttention, llama.LlamaMLP, llama.LlamaRMSNorm
+        ),
+    }  # fmt: skip
+
+
+def plain_module(mod: nn.Module) -> bool:
+    """No forward hooks of either kind, no accelerate hook, no patched ``forward``, and no
+    weights left on the meta device (offloaded)."""
+    if mod._forward_hooks or mod._forward_pre_hooks or hasattr(mod, "_hf_hook"):
+        return False
+    if "forward" in mod.__dict__:
+        return False
+    return all(p.device.type != "meta" for p in mod.parameters(recurse=False))
 
 
 def supports(decoder: nn.Module) -> bool:
-    """Whether :func:`lean_forward` computes exactly what ``decoder`` does: a plain Qwen2 or
-    Llama decoder in eval mode with sdpa attention, full attention in every layer, plain
-    ``nn.Linear`` projections (no adapters or quantised layers) and no hooks."""
+    """Whether :func:`lean_forward` computes exactly what ``decoder`` does: transformers' own
+    Qwen2 or Llama decoder classes (not subclasses or remote code) in eval mode with sdpa
+    attention and full attention in every layer, every projection an exact ``nn.Linear`` (no
+    LoRA wrappers or quantised layers), and no hooks, patched forwards or offloaded weights."""
+    classes = _exact_classes().get(type(decoder))
     cfg = getattr(decoder, "config", None)
-    if type(decoder).__name__ not in SUPPORTED or cfg is None:
+    if classes is None or cfg is None:
         return False
     if getattr(cfg, "_attn_implementation", None) != "sdpa":
         return False
@@ -36,12 +61,19 @@ def supports(decoder: nn.Module) -> bool:
         return False
     if len(decoder.layers) != cfg.num_hidden_layers:
         return False
-    for mod in decoder.modules():
-        if mod.training or mod._forward_hooks or mod._forward_pre_hooks:
+    layer_cls, att_cls, mlp_cls, norm_cls = classes
+    for layer in decoder.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        if (type(layer), type(att), type(mlp)) != (layer_cls, att_cls, mlp_cls):
             return False
-        if isinstance(mod, nn.Linear) and type(mod) is not nn.Linear:
+        if {type(layer.input_layernorm), type(layer.post_attention_layernorm)} != {norm_cls}:
             return False
-    return True
+        linears = (att.q_proj, att.k_proj, att.v_proj, att.o_proj)
+        if any(type(x) is not nn.Linear for x in (*linears, mlp.gate_proj, mlp.up_proj)):
+            return False
+        if type(mlp.down_proj) is not nn.Linear:
+            return False
+    return all(not mod.training and plain_module(mod) for mod in decoder.modules())
 
 
 def lean_forward(
@@ -70,8 +102,10 @@ def lean_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     width = embeds.shape[1]
-    if mask.dim() == 2:
-        mask = sdpa_mask(mask, width, force=keep is not None and keep < width)
+    trim = keep is not None and keep < width
+    last_mask = mask
+    if mask.dim() == 2:  # as transformers builds it; the trimmed last layer needs it explicit
+        mask, last_mask = sdpa_mask(mask, width), sdpa_mask(mask, width, force=trim)
     cos, sin = decoder.rotary_emb(embeds, position_ids)  # (B, Lc, hd) each
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, Lc, hd)
     x = embeds
@@ -83,9 +117,9 @@ def lean_forward(
         v = _heads(F.linear(h, att.v_proj.weight, att.v_proj.bias), att.head_dim)
         k = k * cos + _rotate_half(k) * sin  # (B, kv_heads, Lc, hd)
         k, v = cache.update(k, v, att.layer_idx)
-        if i == last and keep is not None and keep < width:
+        if i == last and trim:
             x, h, cos, sin = x[:, -keep:], h[:, -keep:], cos[:, :, -keep:], sin[:, :, -keep:]
-            mask = mask[:, :, -keep:]
+            mask = last_mask[:, :, -keep:]
         q = _heads(F.linear(h, att.q_proj.weight, att.q_proj.bias), att.head_dim)
         q = q * cos + _rotate_half(q) * sin  # (B, heads, Lq, hd)
         a, _ = sdpa_attention_forward(att, q, k, v, mask, dropout=0.0, scaling=att.scaling)

@@ -70,9 +70,45 @@ def test_lean_forward_is_used_only_where_it_is_exact():
     assert not lean_decoder.supports(dec)
     dec.config._attn_implementation = "sdpa"
 
-    class Adapted(torch.nn.Linear):  # e.g. a LoRA or quantised layer
+    att = dec.layers[0].self_attn
+    proj = att.q_proj
+
+    class Adapted(torch.nn.Linear):  # e.g. a quantised layer
         pass
 
-    proj = dec.layers[0].self_attn.q_proj
-    dec.layers[0].self_attn.q_proj = Adapted(proj.in_features, proj.out_features)
+    class Wrapper(torch.nn.Module):  # e.g. peft's lora.Linear around the base nn.Linear
+        def __init__(self, base):
+            super().__init__()
+            self.base_layer, self.weight, self.bias = base, base.weight, base.bias
+
+        def forward(self, x):
+            return self.base_layer(x) + 1.0
+
+    for replacement in (Adapted(proj.in_features, proj.out_features), Wrapper(proj)):
+        att.q_proj = replacement
+        assert not lean_decoder.supports(dec)
+    att.q_proj = proj
+    proj._hf_hook = object()  # accelerate's hooks replace forward instead of registering
     assert not lean_decoder.supports(dec)
+    del proj._hf_hook
+    assert lean_decoder.supports(dec)
+
+
+def test_a_trimmed_pass_masks_only_its_last_layer(monkeypatch):
+    """Where transformers needs no mask (one unpadded row, no cache), only the trimmed last
+    layer gets one, so the other layers keep sdpa's fastest kernels."""
+    from transformers.integrations import sdpa_attention
+
+    seen = []
+    real = sdpa_attention.sdpa_attention_forward
+
+    def spy(module, q, k, v, mask, **kw):
+        seen.append(mask is None)
+        return real(module, q, k, v, mask, **kw)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
+    llm = build_llm("tiny", vocab_size=128, seed=3).eval()
+    ctx = BatchedContext(llm, 1, pad_id=0)
+    with torch.inference_mode():
+        ctx.feed([[5, 6, 7, 8, 9, 10]], keep=2)
+    assert seen == [True] * (llm.config.num_hidden_layers - 1) + [False]
