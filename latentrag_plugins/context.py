@@ -210,9 +210,11 @@ class BatchedContext:
 
     def logits(self, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """LM-head logits of hidden states ``(..., d)`` -> ``(..., V)`` float32, or only the
-        vocabulary ``rows``: ``(..., len(rows))``."""
+        vocabulary ``rows``: ``(..., len(rows))`` (computed alone on CPU, where the full head
+        is a real cost; elsewhere sliced from it, as training computes them)."""
         head = self.head
-        if rows is None or type(head) is not torch.nn.Linear or not plain_module(head):
+        alone = h.device.type == "cpu" and type(head) is torch.nn.Linear and plain_module(head)
+        if rows is None or not alone:
             out = head(h).float()  # (..., V)
             return out if rows is None else out[..., rows]
         bias = None if head.bias is None else head.bias[rows]
