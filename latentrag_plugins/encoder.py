@@ -202,33 +202,17 @@ class EncoderTower(nn.Module):
         -> ``(B, dim)`` float32."""
         emb_layer = self.encoder.get_input_embeddings()
         b = embeds.shape[0]
-        prefix, suffix = self._framing(emb_layer)  # (1, p, d_in), (1, s, d_in)
-        parts = [embeds.to(emb_layer.weight.dtype)]
-        if prefix is not None:
-            parts.insert(0, prefix.expand(b, -1, -1))
-        if suffix is not None:
-            parts.append(suffix.expand(b, -1, -1))
+        parts = []
+        if self._prefix_ids:
+            ids = torch.tensor(self._prefix_ids, device=embeds.device)
+            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, p, d_in)
+        parts.append(embeds.to(emb_layer.weight.dtype))
+        if self._suffix_ids:
+            ids = torch.tensor(self._suffix_ids, device=embeds.device)
+            parts.append(emb_layer(ids).unsqueeze(0).expand(b, -1, -1))  # (B, s, d_in)
         x = torch.cat(parts, dim=1)  # (B, p + n + s, d_in)
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         return self._finish(pool(self._hidden(mask, embeds=x), mask, self.pooling))
-
-    def _framing(self, emb_layer: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The prefix and suffix word embeddings ``(1, p, d_in)`` (None when empty), looked up
-        from the current weights with id tensors made once per device."""
-        device = emb_layer.weight.device
-        ids = self.__dict__.get("_framing_ids")
-        if ids is None or ids[0] != device:
-            with torch.inference_mode(False):  # normal tensors: training may index with them
-                ids = (
-                    device,
-                    *(torch.tensor(x, device=device) for x in (self._prefix_ids, self._suffix_ids)),
-                )
-            self.__dict__["_framing_ids"] = ids
-        prefix, suffix = ids[1:]
-        return (
-            emb_layer(prefix).unsqueeze(0) if len(prefix) else None,
-            emb_layer(suffix).unsqueeze(0) if len(suffix) else None,
-        )
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize texts for this encoder (padded, truncated), on the tower's device."""

@@ -79,8 +79,8 @@ def test_projections_with_hooks_are_not_fused(model, monkeypatch):
 
 
 def test_framing_embeddings_follow_weight_updates(model):
-    """The query tower's [CLS]/[SEP] ids are made once, but their embeddings always come from
-    the current weights, and ids first made under inference mode still serve training."""
+    """The query tower's [CLS]/[SEP] embeddings come from the current weights, under
+    inference mode and in training alike."""
     tower = model.query_tower
     latents = torch.randn(1, model.config.n_query, tower.input_dim)
     words = tower.encoder.get_input_embeddings().weight
