@@ -56,58 +56,37 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import LatentRAGError
-    from ..model import LatentRAG
     from ..model_zoo import build_llm, build_tokenizer
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise LatentRAGError(f"{out} exists and is not empty (use --force to overwrite)")
-    if getattr(args, "explicit", False):  # bad settings fail before any model is built
-        from ..baselines.explicit_config import ExplicitConfig
+    explicit = getattr(args, "explicit", False)
+    if explicit:
+        from ..baselines.explicit import ExplicitAgent as Made
+        from ..baselines.explicit_config import ExplicitConfig as Config
 
-        ExplicitConfig(base_model="-", top_k=args.top_k, max_turns=args.max_steps)
+        settings = dict(top_k=args.top_k, max_turns=args.max_steps)
     else:
-        from ..config import LatentRAGConfig
+        from ..config import LatentRAGConfig as Config
+        from ..model import LatentRAG as Made
 
-        LatentRAGConfig(
-            base_model="-", n_think=args.n_think, n_query=args.n_query, top_k=args.top_k,
+        settings = dict(
+            n_think=args.n_think, n_query=args.n_query, top_k=args.top_k,
             max_steps=args.max_steps,
         )  # fmt: skip
+    settings["trust_remote_code"] = args.trust_remote_code
+    Config(base_model="-", **settings)  # bad settings fail before any model is built
     base: object = args.base_model
     tok = None
     if args.base_model.startswith(RANDOM_PREFIX):
         tok = build_tokenizer()
         base = build_llm(args.base_model[len(RANDOM_PREFIX) :], vocab_size=len(tok), seed=args.seed)
         base.config.name_or_path = args.base_model
-    if getattr(args, "explicit", False):
-        from ..baselines.explicit import ExplicitAgent
-
-        agent = ExplicitAgent.init(
-            base,
-            args.retriever,
-            tokenizer=tok,
-            device="cpu",
-            top_k=args.top_k,
-            max_turns=args.max_steps,
-            trust_remote_code=args.trust_remote_code,
-        )
-        agent.save_pretrained(out)
-        _report(args, out, "explicit", agent.config.model_dump(mode="json"))
-        return 0
-    model = LatentRAG.init(
-        base,
-        args.retriever,
-        tokenizer=tok,
-        device="cpu",
-        seed=args.seed,
-        n_think=args.n_think,
-        n_query=args.n_query,
-        top_k=args.top_k,
-        max_steps=args.max_steps,
-        trust_remote_code=args.trust_remote_code,
-    )
-    model.save_pretrained(out)
-    _report(args, out, "latentrag", model.config.model_dump(mode="json"))
+    seed = {} if explicit else {"seed": args.seed}  # new projector weights
+    made = Made.init(base, args.retriever, tokenizer=tok, device="cpu", **seed, **settings)
+    made.save_pretrained(out)
+    _report(args, out, "explicit" if explicit else "latentrag", made.config.model_dump(mode="json"))
     return 0
 
 
