@@ -30,15 +30,17 @@ class CountPasses:
     def close(self) -> None:
         self.handle.remove()
 
+    def __enter__(self) -> CountPasses:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @pytest.mark.parametrize("max_steps", [0, 1, 3])
 def test_one_forward_pass_per_latent_step(any_model, store, force, max_steps):
-    counter = CountPasses(any_model)
-    try:
-        with force(any_model, "retrieve"):
-            res = any_model.run(Q, store, max_steps=max_steps)
-    finally:
-        counter.close()
+    with CountPasses(any_model) as counter, force(any_model, "retrieve"):
+        res = any_model.run(Q, store, max_steps=max_steps)
     assert [s.action for s in res.steps] == ["retrieve"] * max_steps + ["answer"]
     assert res.steps[-1].forced
     step_passes = [n for n in counter.lengths if n > 1]  # answer passes feed one token each
@@ -52,12 +54,8 @@ def test_one_forward_pass_per_latent_step(any_model, store, force, max_steps):
 def test_retrieval_only_runs_skip_the_last_pass_unless_its_thought_is_read(
     any_model, store, force, decode
 ):
-    counter = CountPasses(any_model)
-    try:
-        with force(any_model, "retrieve"):
-            res = any_model.run(Q, store, max_steps=2, generate_answer=False, decode=decode)
-    finally:
-        counter.close()
+    with CountPasses(any_model) as counter, force(any_model, "retrieve"):
+        res = any_model.run(Q, store, max_steps=2, generate_answer=False, decode=decode)
     assert [s.action for s in res.steps] == ["retrieve", "retrieve", "answer"]
     assert res.steps[-1].forced and res.answer == ""
     # The pass after the last retrieval only yields a thought: run for decoding only.
@@ -70,12 +68,8 @@ def test_retrieval_only_runs_skip_the_last_pass_unless_its_thought_is_read(
 
 
 def test_answer_action_uses_one_pass_and_crops_query_slots(any_model, store, force):
-    counter = CountPasses(any_model)
-    try:
-        with force(any_model, "answer"):
-            res = any_model.run(Q, store)
-    finally:
-        counter.close()
+    with CountPasses(any_model) as counter, force(any_model, "answer"):
+        res = any_model.run(Q, store)
     assert [s.action for s in res.steps] == ["answer"]
     assert not res.steps[0].forced
     assert len([n for n in counter.lengths if n > 1]) == 1
@@ -244,12 +238,8 @@ def test_long_documents_are_truncated_to_the_context_budget(tokenizer, force):
 
 
 def test_decode_fills_thoughts_and_subqueries_in_one_batched_generation(model, store, force):
-    counter = CountPasses(model)
-    try:
-        with force(model, "retrieve"):
-            res = model.run(Q, store, max_steps=2, decode=True, logit_lens=True)
-    finally:
-        counter.close()
+    with CountPasses(model) as counter, force(model, "retrieve"):
+        res = model.run(Q, store, max_steps=2, decode=True, logit_lens=True)
     for s in res.steps:
         assert isinstance(s.thought, str)
         assert (s.subquery is not None) == (s.action == "retrieve")
