@@ -69,7 +69,7 @@ class PromptBuilder:
         parts: list[tuple[list[int], list[int]]] = []
         for i, d in enumerate(docs, start=1):
             head = list(self.trusted(f" Doc {i} (Title:"))
-            parts.append((head, self.untrusted(f" {d.title}) {d.body}")))
+            parts.append((head, self.untrusted(f" {d.title}) {d.body}".rstrip())))
         fixed = 2 + sum(len(h) for h, _ in parts)
         if not parts or budget <= fixed:
             return []

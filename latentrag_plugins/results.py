@@ -22,9 +22,10 @@ class RetrievedDoc(BaseModel):
 
     @property
     def body(self) -> str:
-        """``text`` without its title line (the whole text if it has one line)."""
+        """``text`` without its title line (empty if it has one line: Search-R1 then shows the
+        whole text as the title, and so do the prompts here, rather than show it twice)."""
         parts = self.text.split("\n", 1)
-        return parts[1].strip() if len(parts) > 1 else parts[0].strip()
+        return parts[1].strip() if len(parts) > 1 else ""
 
 
 class Step(BaseModel):

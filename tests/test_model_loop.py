@@ -415,6 +415,16 @@ def test_each_document_keeps_at_most_max_doc_tokens(tokenizer, force):
     assert 2 * 4 < len(block) - heads <= 2 * 20
 
 
+def test_a_one_line_document_is_shown_once(model):
+    doc = RetrievedDoc(id="x", text="Paris is the capital of France.", score=1.0)
+    titled = RetrievedDoc(id="y", text="Paris\nParis is the capital of France.", score=1.0)
+    p = model.prompts
+    one, two = (p.information([d], 10_000, 10_000) for d in (doc, titled))
+    text = model.tokenizer.decode(one)
+    assert text.count("capital") == 1
+    assert len(one) < len(two)
+
+
 def test_logits_of_some_vocabulary_rows_equal_the_full_heads(model):
     ctx = BatchedContext(model.llm, 1, model.ids.pad)
     h = torch.randn(2, model.llm.config.hidden_size)

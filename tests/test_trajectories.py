@@ -88,7 +88,7 @@ def test_parse_documents():
     )
     docs = parse_documents(block)
     assert [d.contents for d in docs] == [
-        "Paris (film)\nA 1999 film.\nIt ran long.",
+        '"Paris (film)"\nA 1999 film.\nIt ran long.',  # quoted, as in the wiki-18 corpus
         "Warsaw\nCapital of Poland.",
         "Odd\ntext with (parens) inside",
     ]

@@ -116,8 +116,9 @@ def _title_end(s: str) -> int:
 def parse_documents(block: str) -> list[TrajectoryDoc]:
     """Parse an ``<information>`` block of ``Doc i(Title: t) text`` entries into documents.
 
-    Titles may hold balanced parentheses (``Paris (film)``) and surrounding quotes (removed);
-    texts may span several lines. Text before the first ``Doc`` header is ignored; a block
+    Titles may hold balanced parentheses (``Paris (film)``) and keep any quotes, as the corpus
+    has them (wiki-18 titles are quoted), so that training renders a document exactly as a
+    store search returns it. Texts may span several lines. Text before the first ``Doc`` header is ignored; a block
     without headers becomes one untitled document.
     """
     heads = list(_DOC_HEAD.finditer(block))
@@ -129,7 +130,7 @@ def parse_documents(block: str) -> list[TrajectoryDoc]:
         end = heads[j + 1].start() if j + 1 < len(heads) else len(block)
         rest = block[h.end() : end]
         cut = _title_end(rest)
-        title = rest[:cut].strip().strip('"').strip()
+        title = rest[:cut].strip()
         text = rest[cut + 1 :].strip()
         docs.append(TrajectoryDoc(id=doc_id(title, text), contents=f"{title}\n{text}"))
     return docs
