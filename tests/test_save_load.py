@@ -36,11 +36,11 @@ def saved(tmp_path_factory, trained):
 
 def test_round_trip_gives_identical_results(saved, trained, store, force):
     model = trained
-    loaded = LatentRAG.from_pretrained(saved, device="cpu")
+    loaded = LatentRAG.from_pretrained(saved, "cpu")  # DESIGN §4: (path, device=None)
     with force(model, "retrieve"):
         a = model.run(Q, store, max_steps=2, decode=True)
     with force(loaded, "retrieve"):
-        b = loaded.run(Q, store, max_steps=2, decode=True)
+        b = loaded.run(Q, store, True, max_steps=2)  # DESIGN §4: (question, store, decode=False)
     assert a.answer == b.answer
     assert [s.model_dump(exclude={"logit_lens"}) for s in a.steps] == [
         s.model_dump(exclude={"logit_lens"}) for s in b.steps
