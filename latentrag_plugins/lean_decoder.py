@@ -50,7 +50,8 @@ def supports(decoder: nn.Module) -> bool:
     """Whether :func:`lean_forward` computes exactly what ``decoder`` does: transformers' own
     Qwen2 or Llama decoder classes (not subclasses or remote code) in eval mode with sdpa
     attention and full attention in every layer, every projection an exact ``nn.Linear`` (no
-    LoRA wrappers or quantised layers), and no hooks, patched forwards or offloaded weights."""
+    LoRA wrappers or quantised layers), and no hooks, patched forwards or offloaded weights
+    (the input embedding aside: the lean forward takes embeddings, not ids)."""
     classes = _exact_classes().get(type(decoder))
     cfg = getattr(decoder, "config", None)
     if classes is None or cfg is None:
@@ -73,7 +74,12 @@ def supports(decoder: nn.Module) -> bool:
             return False
         if type(mlp.down_proj) is not nn.Linear:
             return False
-    return all(not mod.training and plain_module(mod) for mod in decoder.modules())
+    # The caller embeds the tokens (through the module, hooks included); the lean forward
+    # starts from those embeddings and never calls the embedding module itself.
+    embed = decoder.get_input_embeddings()
+    return all(
+        not mod.training and (mod is embed or plain_module(mod)) for mod in decoder.modules()
+    )
 
 
 def lean_forward(

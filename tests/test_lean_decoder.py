@@ -66,6 +66,12 @@ def test_lean_forward_is_used_only_where_it_is_exact():
     handle = dec.layers[0].mlp.register_forward_hook(lambda *a: None)
     assert not lean_decoder.supports(dec)  # e.g. a profiler or an offload hook
     handle.remove()
+    seen = []
+    handle = dec.embed_tokens.register_forward_hook(lambda *a: seen.append(1))
+    assert lean_decoder.supports(dec)  # the context embeds the ids itself, hooks included
+    BatchedContext(llm, 1, 0).feed([[1, 2, 3]])
+    assert seen
+    handle.remove()
     dec.config._attn_implementation = "eager"
     assert not lean_decoder.supports(dec)
     dec.config._attn_implementation = "sdpa"

@@ -116,3 +116,35 @@ def test_eval_scores_each_answer_against_its_golds():
     assert m["em"] == 0.5 and m["retrieval_success"] == 1.0
     assert m["f1"] == pytest.approx((1.0 + 0.0) / 2)
     assert rep["by_hops"]["2"]["methods"]["latent"]["em"] == 0.0
+
+
+def test_eval_times_each_call_by_the_wall_clock_after_a_warm_up():
+    import time
+
+    from latentrag_plugins.evaluation import Question, evaluate, report
+    from latentrag_plugins.results import LatentRAGResult, Step
+
+    qs = [Question(str(i), f"Q{i}?", ("x",), 1) for i in range(12)]
+    calls: list[tuple[str, list[str]]] = []
+
+    def runner(name):
+        def run(questions):
+            calls.append((name, list(questions)))
+            time.sleep(0.002)  # work outside every stage the result reports
+            doc = RetrievedDoc(id=name, text="x", score=1.0)
+            return [LatentRAGResult(answer="x", steps=[Step(index=0, action="retrieve", docs=[doc])])
+                    for _ in questions]  # fmt: skip
+
+        return run
+
+    recs = evaluate({"latent": runner("latent"), "explicit": runner("explicit")}, qs,
+                    show_progress=False)  # fmt: skip
+    assert calls[:2] == [("latent", ["Q0?"]), ("explicit", ["Q0?"])]  # untimed warm-ups
+    assert len(calls) == 2 + 2 * len(qs)
+    firsts = {calls[2 + 2 * j][0] for j in range(len(qs))}
+    assert firsts == {"latent", "explicit"}  # the order varies from batch to batch
+    for r in recs["latent"]:
+        assert r.latency_ms >= 2.0 and r.stages_ms["other"] >= 2.0
+        assert r.retrieval_overlap == 0.0  # its documents are not the explicit agent's
+    assert all(r.retrieval_overlap is None for r in recs["explicit"])  # not against itself
+    assert report(recs)["methods"]["explicit"]["retrieval_overlap"] is None

@@ -299,6 +299,9 @@ def _generate_round(
                 slot = seq[len(t.tokens)]
                 tok = pick[i] if slot is None else slot  # forced tag/filler, or the model's pick
                 t.tokens.append(tok)
+                # The plan decides where the turn ends, but each token still pays the stop
+                # check a free turn pays, so forced runs time what real ones do.
+                _stop_kind(agent.decode_raw(t.tokens[-_TAIL:]), answer_mode)
                 if len(t.tokens) == len(seq):
                     t.kind, t.spans = ("search" if "subquery" in marks else "answer"), marks
                     active.discard(i)

@@ -39,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1, metavar="N",
         help="Questions per batch (default 1; latency is amortised per question above 1).",
     )  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=None, help="LatentRAG's most retrieval steps.")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="Most retrieval steps (LatentRAG) and searches (the explicit agent's max_turns).",
+    )
     p.add_argument("--top-k", type=int, default=None, help="Documents per retrieval.")
     add_extractive_arg(p)
     p.add_argument(
@@ -95,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
         runners["latent"] = lambda qs: model.run_batch(
             qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k
         )
-        settings["latent"] = _settings(model)
+        settings["latent"] = _settings(model, args.max_steps)
     for kind, arg in baselines:
         if kind == "naive":
             from ..baselines.naive import NaiveRAG
 
             naive = NaiveRAG(model, top_k=args.top_k)
             runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
-            settings["naive"] = _settings(model)
+            settings["naive"] = {**_settings(model, None), "max_steps": 1}
         else:
             from ..baselines.explicit import ExplicitAgent
 
@@ -113,8 +118,10 @@ def run(args: argparse.Namespace) -> int:
             if args.extractive:
                 agent.config.extractive_answers = True
             name = "explicit" if "explicit" not in runners else f"explicit_{len(runners)}"
-            runners[name] = lambda qs, a=agent: a.run_batch(qs, store, top_k=args.top_k)
-            settings[name] = _settings(agent)
+            runners[name] = lambda qs, a=agent: a.run_batch(
+                qs, store, max_turns=args.max_steps, top_k=args.top_k
+            )
+            settings[name] = _settings(agent, args.max_steps)
     records = evaluate(
         runners, questions, batch_size=args.batch_size, show_progress=sys.stderr.isatty()
     )
@@ -156,11 +163,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(method: Any) -> dict[str, Any]:
-    """What the report records about a method's run: its LLM dtype and answer mode."""
+def _settings(method: Any, max_steps: int | None) -> dict[str, Any]:
+    """What the report records about a method's run: its LLM dtype, answer mode and step
+    budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``)."""
     from ..precision import precision_name
 
+    cfg = method.config
+    if max_steps is None:
+        max_steps = cfg.max_steps if hasattr(cfg, "max_steps") else cfg.max_turns
     return {
         "dtype": precision_name(method),
-        "extractive_answers": method.config.extractive_answers,
+        "extractive_answers": cfg.extractive_answers,
+        "max_steps": max_steps,
     }

@@ -18,6 +18,7 @@ _COLORS = {
     "retrieval": "#55a868",
     "answer": "#c44e52",
     "decode": "#8172b3",
+    "other": "#bbbbbb",  # eval: time outside every stage (wall time minus the stages)
 }
 
 
@@ -48,7 +49,7 @@ def plot_stages(
     names = list(methods)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * len(names)))
     left = [0.0] * len(names)
-    for stage in STAGES:
+    for stage in (*STAGES, "other"):
         vals = [float(methods[n].get("stages_ms", {}).get(stage, 0.0)) for n in names]
         if not any(vals):
             continue
@@ -65,7 +66,7 @@ def plot_stages(
     ax.set_xlabel("mean latency per question (ms)")
     ax.set_title(title)
     ax.set_xlim(0, max(left + [1.0]) * 1.35)
-    ax.legend(loc="lower right", fontsize=8, ncol=len(STAGES))
+    ax.legend(loc="lower right", fontsize=8, ncol=len(_COLORS))
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

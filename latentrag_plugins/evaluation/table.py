@@ -18,7 +18,11 @@ def _f(x: Any, pct: bool = False, digits: int = 1) -> str:
 
 def latency_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     """Latency, stage breakdown and counts per method, as a markdown table."""
-    head = ["method", "mean ms", "p50 ms", "p95 ms", *STAGES, "passes", "out tok"]
+    stages = [
+        *STAGES,
+        *(["other"] if any("other" in m.get("stages_ms", {}) for m in methods.values()) else []),
+    ]
+    head = ["method", "mean ms", "p50 ms", "p95 ms", *stages, "passes", "out tok"]
     rows = []
     for name, m in methods.items():
         st = m.get("stages_ms", {})
@@ -28,7 +32,7 @@ def latency_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
                 _f(m.get("mean_ms")),
                 _f(m.get("p50_ms")),
                 _f(m.get("p95_ms")),
-                *(_f(st.get(s)) for s in STAGES),
+                *(_f(st.get(s)) for s in stages),
                 _f(m.get("forward_passes")),
                 _f(m.get("output_tokens")),
             ]
