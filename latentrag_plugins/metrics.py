@@ -105,6 +105,18 @@ def retrieval_success(
     return 0.0
 
 
+def support_recall(doc_ids: Iterable[str], supporting: Iterable[str]) -> float | None:
+    """The share of the supporting passages ``supporting`` among the retrieved ``doc_ids``.
+
+    Returns:
+        ``|retrieved ∩ supporting| / |supporting|``, or None when there are none to find.
+    """
+    want = set(supporting)
+    if not want:
+        return None
+    return len(want & set(doc_ids)) / len(want)
+
+
 def overlap(a_ids: Iterable[str], b_ids: Iterable[str]) -> float | None:
     """The share of the reference ids ``b_ids`` that also appear in ``a_ids``.
 

@@ -88,8 +88,32 @@ def test_question_files_are_checked_line_by_line(tmp_path):
     path.write_text(good + '{"id": "c", "question": " ", "golden_answers": ["x"]}\n')
     with pytest.raises(LatentRAGError, match=r"q\.jsonl:2: missing or empty 'question'"):
         read_questions(path)
-    path.write_text(good.replace('["Ann"]', '["Ann", ""]'))
-    assert read_questions(path)[0].golds == ("Ann",)  # empty aliases are dropped
+    path.write_text(good.replace('["Ann"]', '["Ann", "", "The"]'))
+    assert read_questions(path)[0].golds == ("Ann",)  # aliases that normalise to "" are dropped
+    path.write_text(good.replace("}", ', "supporting_ids": ["d1", 2]}'))
+    assert read_questions(path)[0].supporting == ("d1", "2")
+    path.write_text(good.replace("}", ', "supporting_ids": "d1"}'))
+    with pytest.raises(LatentRAGError, match="'supporting_ids' must be a list"):
+        read_questions(path)
+
+
+def test_support_recall_counts_the_supporting_passages_retrieved():
+    from latentrag_plugins.evaluation import Question, evaluate, report
+    from latentrag_plugins.metrics import support_recall
+    from latentrag_plugins.results import LatentRAGResult, Step
+
+    assert support_recall(["a", "x", "a"], ["a", "b"]) == 0.5
+    assert support_recall(["a"], []) is None
+    qs = [Question("1", "Q?", ("y",), 2, ("a", "b")), Question("2", "R?", ("y",), 2, ("c",))]
+
+    def run(questions):
+        doc = RetrievedDoc(id="a", text="y", score=1.0)
+        return [LatentRAGResult(answer="y", steps=[Step(index=0, action="retrieve", docs=[doc])])
+                for _ in questions]  # fmt: skip
+
+    rep = report(evaluate({"latent": run}, qs, reference=None, show_progress=False))
+    assert rep["methods"]["latent"]["support_recall"] == 0.25  # (1/2 + 0/1) / 2
+    assert rep["methods"]["latent"]["retrieval_success"] == 1.0  # any passage with "y"
 
 
 def test_eval_scores_each_answer_against_its_golds():

@@ -1,7 +1,8 @@
 """Reading evaluation questions: JSONL with ``{"id", "question", "golden_answers": [...]}``.
 
 ``answers`` (list) or ``answer`` (string) are accepted for the gold answers too; an optional
-integer ``hops`` field groups the metrics by hop count.
+integer ``hops`` field groups the metrics by hop count, and optional ``supporting_ids`` (the ids
+of the passages that hold the answer's facts) add a supporting-passage recall.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import LatentRAGError
 from ..io_utils import read_jsonl
+from ..metrics import normalize_answer
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,14 @@ class Question:
         question: The question text.
         golds: Gold answers (EM/F1 take the max over them).
         hops: Hop count, when the file gives one.
+        supporting: Ids of the supporting passages, when the file gives them.
     """
 
     id: str
     question: str
     golds: tuple[str, ...]
     hops: int | None = None
+    supporting: tuple[str, ...] = ()
 
 
 def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> list[Question]:
@@ -50,7 +54,7 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
             golds = [golds]
         if not isinstance(golds, list) or not all(isinstance(g, str) for g in golds):
             raise LatentRAGError(f"{where}: 'golden_answers' must be a list of strings")
-        golds = [g for g in golds if g.strip()]  # an empty alias would make "" correct
+        golds = [g for g in golds if normalize_answer(g)]  # "" or "The" would make "" correct
         if not golds:
             raise LatentRAGError(f"{where}: 'golden_answers' has no non-empty answer")
         hops = obj.get("hops")
@@ -59,7 +63,18 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
                 hops = int(hops)
             except (TypeError, ValueError):
                 raise LatentRAGError(f"{where}: 'hops' must be an integer") from None
-        out.append(Question(str(obj.get("id", lineno)), q.strip(), tuple(golds), hops))
+        supporting = obj.get("supporting_ids") or []
+        if not isinstance(supporting, list):
+            raise LatentRAGError(f"{where}: 'supporting_ids' must be a list of ids")
+        out.append(
+            Question(
+                str(obj.get("id", lineno)),
+                q.strip(),
+                tuple(golds),
+                hops,
+                tuple(str(x) for x in supporting),
+            )
+        )
     if not out:
         raise LatentRAGError(f"{path}: no questions")
     return out

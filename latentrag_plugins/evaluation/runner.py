@@ -4,7 +4,7 @@ Methods run batch by batch, interleaved (in a seeded random order per batch, so 
 always follows the same one), over the same store, after one untimed warm-up question each.
 Latency is the wall time of each method's call, with garbage collected before it. Each
 question gets EM/F1 (SQuAD normalisation, max over gold answers), retrieval success (a retrieved
-document contains a gold answer), retrieval overlap with the explicit agent's documents (paper
+document contains a gold answer), supporting-passage recall (when the questions list them), retrieval overlap with the explicit agent's documents (paper
 Table 3 (b)), steps, latency and counts; the report aggregates them per method and, when the
 questions carry ``hops``, per hop count.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..metrics import exact_match, f1, overlap, retrieval_success
+from ..metrics import exact_match, f1, overlap, retrieval_success, support_recall
 from ..results import LatentRAGResult
 from .questions import Question
 from .stats import STAGES, latency_summary, mean, ratio
@@ -40,6 +40,7 @@ class Record:
     em: float = 0.0
     f1: float = 0.0
     retrieval_success: float = 0.0
+    support_recall: float | None = None
     retrieval_overlap: float | None = None
     doc_ids: list[str] = field(default_factory=list)
 
@@ -60,6 +61,7 @@ class Record:
             "em": self.em,
             "f1": self.f1,
             "retrieval_success": self.retrieval_success,
+            "support_recall": self.support_recall,
             "retrieval_overlap": self.retrieval_overlap,
             "steps": [s.model_dump(mode="json", exclude={"logit_lens"}) for s in self.result.steps],
             "latency_ms": self.latency_ms,
@@ -122,6 +124,7 @@ def evaluate(
             r.f1 = f1(r.result.answer, r.question.golds)
             docs = [d for s in r.result.steps for d in s.docs]
             r.retrieval_success = retrieval_success(docs, r.question.golds)
+            r.support_recall = support_recall(r.doc_ids, r.question.supporting)
     if reference in out:
         for name, recs in out.items():
             if name == reference:
@@ -133,11 +136,13 @@ def evaluate(
 
 def _summary(recs: Sequence[Record], with_latency: bool = True) -> dict[str, Any]:
     overlaps = [r.retrieval_overlap for r in recs if r.retrieval_overlap is not None]
+    support = [r.support_recall for r in recs if r.support_recall is not None]
     s: dict[str, Any] = {
         "n": len(recs),
         "em": mean([r.em for r in recs]),
         "f1": mean([r.f1 for r in recs]),
         "retrieval_success": mean([r.retrieval_success for r in recs]),
+        "support_recall": mean(support) if support else None,
         "retrieval_overlap": mean(overlaps) if overlaps else None,
         "mean_steps": mean([float(r.steps) for r in recs]),
     }

@@ -42,7 +42,9 @@ def latency_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
 
 def quality_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     """EM, F1, retrieval success/overlap and steps per method, as a markdown table."""
-    head = ["method", "n", "EM", "F1", "ret. success", "overlap w/ explicit", "mean steps"]
+    support = any(m.get("support_recall") is not None for m in methods.values())
+    head = ["method", "n", "EM", "F1", "ret. success", *(["support recall"] if support else []),
+            "overlap w/ explicit", "mean steps"]  # fmt: skip
     rows = [
         [
             name,
@@ -50,6 +52,7 @@ def quality_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
             _f(m.get("em"), pct=True),
             _f(m.get("f1"), pct=True),
             _f(m.get("retrieval_success"), pct=True),
+            *([_f(m.get("support_recall"), pct=True)] if support else []),
             _f(m.get("retrieval_overlap"), pct=True),
             _f(m.get("mean_steps"), digits=2),
         ]
