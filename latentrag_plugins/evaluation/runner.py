@@ -2,7 +2,7 @@
 
 Methods run batch by batch, interleaved (in a seeded random order per batch, so no method
 always follows the same one), over the same store, after one untimed warm-up question each.
-Latency is the wall time of each method's call, with garbage collected before it. Each
+Latency is the wall time of each method's call. Each
 question gets EM/F1 (SQuAD normalisation, max over gold answers), retrieval success (a retrieved
 document contains a gold answer), supporting-passage recall (when the questions list them), retrieval overlap with the explicit agent's documents (paper
 Table 3 (b)), steps, latency and counts; the report aggregates them per method and, when the
@@ -11,7 +11,6 @@ questions carry ``hops``, per hop count.
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -106,7 +105,6 @@ def evaluate(
     for batch in batches:
         order = rng.sample(names, len(names))
         for name in order:
-            gc.collect()
             t0 = time.perf_counter()
             results = runners[name]([q.question for q in batch])
             wall = (time.perf_counter() - t0) * 1e3
