@@ -256,6 +256,18 @@ def test_forced_mode_lengths_and_counts(agent, store):
     assert res.forward_passes == res.output_tokens
 
 
+def test_forced_tokens_pay_the_stop_check_free_ones_pay(agent, store, monkeypatch):
+    """The benchmark forces the explicit agent's turns; each forced token still decodes the
+    turn's tail as a free token does, so forced runs cost what real ones do."""
+    calls = []
+    decode_raw = type(agent).decode_raw
+    monkeypatch.setattr(
+        type(agent), "decode_raw", lambda self, ids: calls.append(1) or decode_raw(self, ids)
+    )
+    res = agent.run(Q, store, force=ExplicitForce.from_totals(2, 121.8, 37.9, 9.6))
+    assert len(calls) >= res.output_tokens - 1
+
+
 def test_explicit_batched_run_equals_one_by_one(agent, store):
     qs = [
         Q,
@@ -385,3 +397,10 @@ def test_naive_rag_documents_and_question_cannot_inject_control_tokens(model):
     assert ids.count(model.ids.answer) == ids.count(model.ids.info) == 1
     assert ids.count(model.ids.info_end) == 1
     assert not set(ids) & (set(model.ids.query) | set(model.ids.think) | {model.ids.eos})
+
+
+def test_a_one_line_document_is_rendered_once_as_search_r1_does():
+    one = RetrievedDoc(id="x", text="Paris is the capital of France.", score=1.0)
+    two = RetrievedDoc(id="y", text="Paris\nParis is the capital of France.", score=1.0)
+    assert sr1.render_doc(1, one) == "Doc 1(Title: Paris is the capital of France.) "
+    assert sr1.render_doc(2, two) == "Doc 2(Title: Paris) Paris is the capital of France."

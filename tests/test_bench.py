@@ -86,7 +86,7 @@ def test_spread_and_percentile():
     assert percentile([5], 95) == 5 and percentile([], 50) == 0
 
 
-def test_eval_smoke(model, store, tmp_path, capsys):
+def test_eval_smoke(model, store, tmp_path, capsys, monkeypatch):
     from latentrag_plugins.baselines.explicit import ExplicitAgent
 
     model.save_pretrained(tmp_path / "latent")
@@ -121,9 +121,19 @@ def test_eval_smoke(model, store, tmp_path, capsys):
         "eval", "--model", str(tmp_path / "latent"), "--index", str(tmp_path / "index"),
         "--questions", str(qs), "--baselines", f"explicit:{tmp_path / 'explicit'},naive",
         "--json", str(tmp_path / "eval.json"), "--predictions", str(tmp_path / "pred.jsonl"),
-        "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16", "--max-steps", "2",
+        "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16", "--max-steps", "1",
     ]  # fmt: skip
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+
+    turns, run_batch = [], ExplicitAgent.run_batch
+
+    def spy(self, *a, **kw):
+        turns.append(kw.get("max_turns"))
+        return run_batch(self, *a, **kw)
+
+    monkeypatch.setattr(ExplicitAgent, "run_batch", spy)
     assert main(args) == 0
+    assert set(turns) == {1}  # --max-steps is the explicit agent's max_turns too
     out = capsys.readouterr().out
     assert "| latent |" in out and "| explicit |" in out and "| naive |" in out
     rep = json.loads((tmp_path / "eval.json").read_text())
@@ -138,12 +148,14 @@ def test_eval_smoke(model, store, tmp_path, capsys):
             assert isinstance(m[key], float), (name, key)
         assert set(m["stages_ms"]) == STAGES | {"other"}
         assert m["mean_ms"] >= sum(m["stages_ms"].values()) - 1e-6
-    assert {v["max_steps"] for k, v in rep["settings"].items() if k != "naive"} == {2}
+    assert {v["max_steps"] for k, v in rep["settings"].items() if k != "naive"} == {1}
     assert set(rep["by_hops"]) == {"1", "2"}
     assert rep["by_hops"]["2"]["n"] == 2
     assert set(rep["by_hops"]["2"]["methods"]) == {"latent", "explicit", "naive"}
     preds = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(preds) == 9
+    retrieves = [sum(s["action"] == "retrieve" for s in p["steps"]) for p in preds]
+    assert max(retrieves) <= 1  # --max-steps reaches every method
     # The naive baseline always retrieves once; its docs come from the same store.
     assert rep["methods"]["naive"]["mean_steps"] == 1.0
     meth, ratios = rep["methods"], rep["ratios"]

@@ -16,10 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Answer every question with LatentRAG and the chosen baselines over the same index, "
             "interleaved batch by batch. Reports EM and F1 (SQuAD normalisation, max over gold "
-            "answers), retrieval success (a retrieved document contains a gold answer), retrieval "
-            "overlap with the explicit agent's documents, mean steps, latency mean/p50/p95 with "
-            "the stage breakdown, forward passes and output tokens; per hop count when the "
-            "questions carry `hops`. Questions: JSONL with id, question, golden_answers."
+            "answers), retrieval success (a retrieved document contains a gold answer), "
+            "supporting-passage recall (when questions carry `supporting_ids`), retrieval "
+            "overlap with the explicit agent's documents, mean steps, latency mean/p50/p95 (the "
+            "wall time of each call, after one untimed warm-up batch per method) with the stage "
+            "breakdown and the time outside every stage (`other`), forward passes and output "
+            "tokens; per hop count when the questions carry `hops`. Questions: JSONL with id, "
+            "question, golden_answers."
         ),
     )
     add_model_arg(p)
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.extractive:
         model.config.extractive_answers = True
     runners = {}
-    settings: dict[str, dict[str, Any]] = {}  # per method: dtype, extractive_answers
+    settings: dict[str, dict[str, Any]] = {}  # per method: dtype, answer mode, step budget
     if not args.no_latent:
         runners["latent"] = lambda qs: model.run_batch(
             qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k

@@ -41,7 +41,7 @@ def render_reading(question: str, blocks: Sequence[Sequence[str]], answer: str) 
         body = ""
         for i, contents in enumerate(docs, start=1):
             d = RetrievedDoc(id="", text=contents, score=0.0)
-            body += f" Doc {i} (Title: {d.title}) {d.body}"
+            body += f" Doc {i} (Title: {d.title}) {d.body}".rstrip()
         parts.append(f"{INFO}{body}{INFO_END}")
     parts.append(f"{ANSWER} {answer.strip()}{ANSWER_END}")
     return "".join(parts)

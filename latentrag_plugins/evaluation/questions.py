@@ -7,12 +7,15 @@ of the passages that hold the answer's facts) add a supporting-passage recall.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from ..errors import LatentRAGError
 from ..io_utils import read_jsonl
 from ..metrics import normalize_answer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,16 @@ class Question:
 def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> list[Question]:
     """Read up to ``limit`` questions from a JSONL file.
 
+    A question whose every gold answer normalises to nothing (``"A"``, ``"The"``: SQuAD
+    normalisation drops articles) cannot be scored, since an empty answer would match it: it is
+    skipped with a warning.
+
     Raises:
         LatentRAGError: On a missing file, a bad line, an empty question or no gold answers; the
             message names the file and line.
     """
     out: list[Question] = []
+    unscorable: list[str] = []
     for lineno, obj in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
@@ -54,9 +62,12 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
             golds = [golds]
         if not isinstance(golds, list) or not all(isinstance(g, str) for g in golds):
             raise LatentRAGError(f"{where}: 'golden_answers' must be a list of strings")
-        golds = [g for g in golds if normalize_answer(g)]  # "" or "The" would make "" correct
-        if not golds:
+        if not any(g.strip() for g in golds):
             raise LatentRAGError(f"{where}: 'golden_answers' has no non-empty answer")
+        golds = [g for g in golds if normalize_answer(g)]  # "The" would make "" correct
+        if not golds:
+            unscorable.append(where)
+            continue
         hops = obj.get("hops")
         if hops is not None:
             try:
@@ -74,6 +85,13 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
                 hops,
                 tuple(str(x) for x in supporting),
             )
+        )
+    if unscorable:
+        log.warning(
+            "skipped %d question(s) whose gold answers all normalise to nothing (articles or "
+            "punctuation only), e.g. %s",
+            len(unscorable),
+            unscorable[0],
         )
     if not out:
         raise LatentRAGError(f"{path}: no questions")

@@ -1,12 +1,12 @@
 """``latentrag eval``: answer quality, retrieval quality and latency of LatentRAG and baselines.
 
 Methods run batch by batch, interleaved (in a seeded random order per batch, so no method
-always follows the same one), over the same store, after one untimed warm-up question each.
-Latency is the wall time of each method's call. Each
-question gets EM/F1 (SQuAD normalisation, max over gold answers), retrieval success (a retrieved
-document contains a gold answer), supporting-passage recall (when the questions list them), retrieval overlap with the explicit agent's documents (paper
-Table 3 (b)), steps, latency and counts; the report aggregates them per method and, when the
-questions carry ``hops``, per hop count.
+always follows the same one), over the same store, after one untimed warm-up batch each.
+Latency is the wall time of each method's call. Each question gets EM/F1 (SQuAD normalisation,
+max over gold answers), retrieval success (a retrieved document contains a gold answer),
+supporting-passage recall (when the questions list them), retrieval overlap with the explicit
+agent's documents (paper Table 3 (b)), steps, latency and counts; the report aggregates them per
+method and, when the questions carry ``hops``, per hop count.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Record:
             "method": self.method,
             "question": self.question.question,
             "golden_answers": list(self.question.golds),
+            "supporting_ids": list(self.question.supporting),
             "hops": self.question.hops,
             "answer": self.result.answer,
             "em": self.em,
@@ -78,6 +79,7 @@ def evaluate(
     batch_size: int = 1,
     reference: str | None = "explicit",
     show_progress: bool = True,
+    warmup: bool = True,
 ) -> dict[str, list[Record]]:
     """Run every method on every question and score each answer.
 
@@ -88,6 +90,8 @@ def evaluate(
             time divided by the batch size (amortised when above 1).
         reference: Method whose documents define retrieval overlap (None: no overlap).
         show_progress: Show a progress bar.
+        warmup: First run each method once, untimed, on the first batch (first-call costs:
+            kernel choice for new shapes, fused weights, caches).
 
     Returns:
         ``{method: [Record per question]}`` in question order.
@@ -97,9 +101,9 @@ def evaluate(
     names = list(runners)
     out: dict[str, list[Record]] = {n: [] for n in names}
     batches = [list(questions[i : i + batch_size]) for i in range(0, len(questions), batch_size)]
-    if batches:  # first-call costs (kernel choice, fused weights, caches) stay out of the timing
+    if warmup and batches:
         for name in names:
-            runners[name]([batches[0][0].question])
+            runners[name]([q.question for q in batches[0]])
     bar = tqdm(total=len(questions) * len(names), desc="eval", unit="q", disable=not show_progress)
     rng = random.Random(0)
     for batch in batches:
@@ -146,7 +150,9 @@ def _summary(recs: Sequence[Record], with_latency: bool = True) -> dict[str, Any
     }
     if with_latency:
         lat = latency_summary([r.result for r in recs], [r.latency_ms for r in recs])
-        lat["stages_ms"] = {st: mean([r.stages_ms[st] for r in recs]) for st in (*STAGES, "other")}
+        lat["stages_ms"] = {
+            st: mean([r.stages_ms.get(st, 0.0) for r in recs]) for st in (*STAGES, "other")
+        }
         lat.pop("n", None)
         s.update(lat)
     return s

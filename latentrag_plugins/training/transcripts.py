@@ -118,8 +118,8 @@ def parse_documents(block: str) -> list[TrajectoryDoc]:
 
     Titles may hold balanced parentheses (``Paris (film)``) and keep any quotes, as the corpus
     has them (wiki-18 titles are quoted), so that training renders a document exactly as a
-    store search returns it. Texts may span several lines. Text before the first ``Doc`` header is ignored; a block
-    without headers becomes one untitled document.
+    store search returns it. Texts may span several lines. Text before the first ``Doc`` header
+    is ignored; a block without headers becomes one untitled document.
     """
     heads = list(_DOC_HEAD.finditer(block))
     if not heads:
