@@ -182,3 +182,25 @@ def test_bench_leaves_grad_mode_alone():
     assert torch.is_grad_enabled()
     build(BenchConfig(shape="tiny", questions=1, corpus_size=50, show_progress=False))
     assert torch.is_grad_enabled()
+
+
+def test_demo_json_report_records_each_method_settings(model, store, tmp_path, capsys):
+    """``latentrag demo --json`` prints the eval report, settings included."""
+    import argparse
+
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+    from latentrag_plugins.baselines.naive import NaiveRAG
+    from latentrag_plugins.cli.cmd_demo import _json_report
+
+    explicit = ExplicitAgent.init(
+        copy.deepcopy(model.llm), model.doc_tower, tokenizer=copy.deepcopy(model.tokenizer),
+        device="cpu", max_turn_tokens=8, max_answer_tokens=4,
+    )  # fmt: skip
+    qs = tmp_path / "q.jsonl"
+    qs.write_text(json.dumps({"id": "a", "question": "Who?", "golden_answers": ["Ann"]}) + "\n")
+    args = argparse.Namespace(limit=1)
+    assert _json_report(args, model, explicit, NaiveRAG(model), store, qs) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep["methods"]) == {"latent", "explicit", "naive"}
+    assert rep["settings"]["naive"]["max_steps"] == 1
+    assert rep["settings"]["explicit"]["max_steps"] == explicit.config.max_turns

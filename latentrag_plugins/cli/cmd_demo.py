@@ -135,7 +135,7 @@ def _show(question, golds, model, explicit, naive, store) -> None:  # noqa: ANN0
 def _json_report(args, model, explicit, naive, store, questions_path) -> int:  # noqa: ANN001
     from ..bench.runner import machine_info
     from ..evaluation import evaluate, read_questions, report
-    from .common import print_json
+    from .common import method_settings, print_json
 
     questions = read_questions(questions_path, limit=args.limit or None)
     runners = {
@@ -150,6 +150,11 @@ def _json_report(args, model, explicit, naive, store, questions_path) -> int:  #
             model="demo",
             questions_file=str(questions_path),
             machine=machine_info(model.device),
+            settings={
+                "latent": method_settings(model, None),
+                "explicit": method_settings(explicit, None),
+                "naive": {**method_settings(model, None), "max_steps": 1},
+            },
         )
     )
     return 0

@@ -85,7 +85,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from .common import check_output_files, check_plot_extra, dtype_kwargs, load_index, load_model
+    from .common import (
+        check_output_files,
+        check_plot_extra,
+        dtype_kwargs,
+        load_index,
+        load_model,
+        method_settings,
+    )
 
     check_output_files(args.json, args.plot, args.predictions)
     check_plot_extra(args.plot)
@@ -103,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
         runners["latent"] = lambda qs: model.run_batch(
             qs, store, decode=args.decode, max_steps=args.max_steps, top_k=args.top_k
         )
-        settings["latent"] = _settings(model, args.max_steps)
+        settings["latent"] = method_settings(model, args.max_steps)
     for kind, arg in baselines:
         if kind == "naive":
             from ..baselines.naive import NaiveRAG
 
             naive = NaiveRAG(model, top_k=args.top_k)
             runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
-            settings["naive"] = {**_settings(model, None), "max_steps": 1}
+            settings["naive"] = {**method_settings(model, None), "max_steps": 1}
         else:
             from ..baselines.explicit import ExplicitAgent
 
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             runners[name] = lambda qs, a=agent: a.run_batch(
                 qs, store, max_turns=args.max_steps, top_k=args.top_k
             )
-            settings[name] = _settings(agent, args.max_steps)
+            settings[name] = method_settings(agent, args.max_steps)
     records = evaluate(
         runners, questions, batch_size=args.batch_size, show_progress=sys.stderr.isatty()
     )
@@ -164,18 +171,3 @@ def run(args: argparse.Namespace) -> int:
             rep["methods"], args.plot, title="latentrag eval: latency by stage", score_key="em"
         )
     return 0
-
-
-def _settings(method: Any, max_steps: int | None) -> dict[str, Any]:
-    """What the report records about a method's run: its LLM dtype, answer mode and step
-    budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``)."""
-    from ..precision import precision_name
-
-    cfg = method.config
-    if max_steps is None:
-        max_steps = cfg.max_steps if hasattr(cfg, "max_steps") else cfg.max_turns
-    return {
-        "dtype": precision_name(method),
-        "extractive_answers": cfg.extractive_answers,
-        "max_steps": max_steps,
-    }

@@ -130,3 +130,18 @@ def _check_ancestors(path: Path) -> None:
     ancestor = next((a for a in path.parents if a.exists()), None)
     if ancestor is not None and not ancestor.is_dir():
         raise ValueError(f"{path}: {ancestor} is a file, not a directory")
+
+
+def method_settings(method: Any, max_steps: int | None) -> dict[str, Any]:
+    """What the report records about a method's run: its LLM dtype, answer mode and step
+    budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``)."""
+    from ..precision import precision_name
+
+    cfg = method.config
+    if max_steps is None:
+        max_steps = cfg.max_steps if hasattr(cfg, "max_steps") else cfg.max_turns
+    return {
+        "dtype": precision_name(method),
+        "extractive_answers": cfg.extractive_answers,
+        "max_steps": max_steps,
+    }
