@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..io_utils import atomic_path
-from .stats import STAGES
+from .stats import OTHER, STAGES
 
 _COLORS = {
     "prefill": "#4c72b0",
@@ -18,7 +18,7 @@ _COLORS = {
     "retrieval": "#55a868",
     "answer": "#c44e52",
     "decode": "#8172b3",
-    "other": "#bbbbbb",  # eval: time outside every stage (wall time minus the stages)
+    OTHER: "#bbbbbb",
 }
 
 
@@ -49,7 +49,7 @@ def plot_stages(
     names = list(methods)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.6 * len(names)))
     left = [0.0] * len(names)
-    for stage in (*STAGES, "other"):
+    for stage in (*STAGES, OTHER):
         vals = [float(methods[n].get("stages_ms", {}).get(stage, 0.0)) for n in names]
         if not any(vals):
             continue

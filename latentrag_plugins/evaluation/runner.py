@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..metrics import exact_match, f1, overlap, retrieval_success, support_recall
 from ..results import LatentRAGResult
 from .questions import Question
-from .stats import STAGES, latency_summary, mean, ratio
+from .stats import OTHER, STAGES, latency_summary, mean, ratio
 
 Runner = Callable[[list[str]], list[LatentRAGResult]]
 
@@ -115,7 +115,7 @@ def evaluate(
             share = 1.0 / len(batch)
             for q, res in zip(batch, results):
                 stages = {s: float(getattr(res.timings_ms, s)) * share for s in STAGES}
-                stages["other"] = max(0.0, wall * share - sum(stages.values()))
+                stages[OTHER] = max(0.0, wall * share - sum(stages.values()))
                 out[name].append(Record(name, q, res, latency_ms=wall * share, stages_ms=stages))
             bar.update(len(batch))
     bar.close()
@@ -151,7 +151,7 @@ def _summary(recs: Sequence[Record], with_latency: bool = True) -> dict[str, Any
     if with_latency:
         lat = latency_summary([r.result for r in recs], [r.latency_ms for r in recs])
         lat["stages_ms"] = {
-            st: mean([r.stages_ms.get(st, 0.0) for r in recs]) for st in (*STAGES, "other")
+            st: mean([r.stages_ms.get(st, 0.0) for r in recs]) for st in (*STAGES, OTHER)
         }
         lat.pop("n", None)
         s.update(lat)

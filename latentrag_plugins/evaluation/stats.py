@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ..results import LatentRAGResult
 
 STAGES = ("prefill", "reasoning", "retrieval", "answer", "decode")
+OTHER = "other"  # eval only: a call's wall time outside every stage
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .stats import STAGES
+from .stats import OTHER, STAGES
 
 
 def _f(x: Any, pct: bool = False, digits: int = 1) -> str:
@@ -20,7 +20,7 @@ def latency_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     """Latency, stage breakdown and counts per method, as a markdown table."""
     stages = [
         *STAGES,
-        *(["other"] if any("other" in m.get("stages_ms", {}) for m in methods.values()) else []),
+        *([OTHER] if any(OTHER in m.get("stages_ms", {}) for m in methods.values()) else []),
     ]
     head = ["method", "mean ms", "p50 ms", "p95 ms", *stages, "passes", "out tok"]
     rows = []
