@@ -16,6 +16,8 @@ from weakref import WeakKeyDictionary
 import torch
 import torch.nn.functional as F
 
+from .packed_linear import apply_linear, linear
+
 # attention module -> (its q/k/v parameters' identity and versions, fused weight, fused bias)
 _FUSED: WeakKeyDictionary[Any, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = (
     WeakKeyDictionary()
@@ -58,15 +60,16 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
         if torch.is_grad_enabled() or not _fusable(att):
             qkv = torch.stack([proj(x) for proj in (att.query, att.key, att.value)], 2)
         else:
-            qkv = F.linear(x, *_fused_qkv(att)).unflatten(-1, (3, -1))  # (B, L, 3, d)
+            qkv = linear(x, *_fused_qkv(att)).unflatten(-1, (3, -1))  # (B, L, 3, d)
         heads = qkv.unflatten(-1, (-1, att.attention_head_size))  # (B, L, 3, H, hd)
         q, k, v = heads.permute(2, 0, 3, 1, 4)  # (B, H, L, hd) each
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=att.scaling)
         a = a.transpose(1, 2).reshape(b, length, -1)  # (B, L, d)
         out = layer.attention.output
-        x = out.LayerNorm(out.dense(a) + x)
-        h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))  # (B, L, d_ffn)
-        x = layer.output.LayerNorm(layer.output.dense(h) + x)
+        x = out.LayerNorm(apply_linear(out.dense, a) + x)
+        h = apply_linear(layer.intermediate.dense, x)  # (B, L, d_ffn)
+        h = layer.intermediate.intermediate_act_fn(h)
+        x = layer.output.LayerNorm(apply_linear(layer.output.dense, h) + x)
     return x
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .packed_linear import linear, plain_module
 
 
 def _exact_classes() -> dict[type, tuple[type, ...]]:
@@ -34,16 +35,6 @@ def _exact_classes() -> dict[type, tuple[type, ...]]:
             llama.LlamaDecoderLayer, llama.LlamaAttention, llama.LlamaMLP, llama.LlamaRMSNorm
         ),
     }  # fmt: skip
-
-
-def plain_module(mod: nn.Module) -> bool:
-    """No forward hooks of either kind, no accelerate hook, no patched ``forward``, and no
-    weights left on the meta device (offloaded)."""
-    if mod._forward_hooks or mod._forward_pre_hooks or hasattr(mod, "_hf_hook"):
-        return False
-    if "forward" in mod.__dict__:
-        return False
-    return all(p.device.type != "meta" for p in mod.parameters(recurse=False))
 
 
 def supports(decoder: nn.Module) -> bool:
@@ -119,19 +110,19 @@ def lean_forward(
     for i, layer in enumerate(decoder.layers):
         att = layer.self_attn
         h = layer.input_layernorm(x)  # (B, Lc, d)
-        k = _heads(F.linear(h, att.k_proj.weight, att.k_proj.bias), att.head_dim)
-        v = _heads(F.linear(h, att.v_proj.weight, att.v_proj.bias), att.head_dim)
+        k = _heads(linear(h, att.k_proj.weight, att.k_proj.bias), att.head_dim)
+        v = _heads(linear(h, att.v_proj.weight, att.v_proj.bias), att.head_dim)
         k = k * cos + _rotate_half(k) * sin  # (B, kv_heads, Lc, hd)
         k, v = cache.update(k, v, att.layer_idx)
         if i == last and trim:
             x, h, cos, sin = x[:, -keep:], h[:, -keep:], cos[:, :, -keep:], sin[:, :, -keep:]
             mask = last_mask[:, :, -keep:]
-        q = _heads(F.linear(h, att.q_proj.weight, att.q_proj.bias), att.head_dim)
+        q = _heads(linear(h, att.q_proj.weight, att.q_proj.bias), att.head_dim)
         q = q * cos + _rotate_half(q) * sin  # (B, heads, Lq, hd)
         a, _ = sdpa_attention_forward(att, q, k, v, mask, dropout=0.0, scaling=att.scaling)
         a = a.reshape(*x.shape[:2], -1).contiguous()  # (B, Lq, heads * hd)
-        x = x + F.linear(a, att.o_proj.weight, att.o_proj.bias)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + linear(a, att.o_proj.weight, att.o_proj.bias)
+        x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
     return decoder.norm(x)
 
 
@@ -145,6 +136,13 @@ def sdpa_mask(mask: torch.Tensor, width: int, force: bool = False) -> torch.Tens
     q = torch.arange(total - width, total, device=mask.device)[:, None]  # (Lc, 1)
     k = torch.arange(total, device=mask.device)[None, :]  # (1, L + Lc)
     return ((k <= q)[None] & mask.bool()[:, None, :])[:, None]  # (B, 1, Lc, L + Lc)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for a Qwen2 or Llama MLP, its projections on packed weights."""
+    gate = linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)  # (B, L, d_ffn)
+    up = linear(x, mlp.up_proj.weight, mlp.up_proj.bias)  # (B, L, d_ffn)
+    return linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
 
 
 def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:

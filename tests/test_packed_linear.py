@@ -1,0 +1,104 @@
+"""Packed bfloat16 linears give ``F.linear``'s result bit for bit, follow weight updates, keep
+autograd and hooks, and stay within their memory budget."""
+
+from __future__ import annotations
+
+import copy
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentrag_plugins import fast_bert, packed_linear
+from latentrag_plugins.packed_linear import apply_linear, linear
+
+needs_packing = pytest.mark.skipif(
+    not packed_linear._available(), reason="this torch build cannot pack bfloat16 weights"
+)
+
+
+def _layer(d_in: int = 48, d_out: int = 40) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    return torch.nn.Linear(d_in, d_out).to(torch.bfloat16)
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_packed_equals_f_linear_bit_for_bit(rows):
+    layer = _layer()
+    x = torch.randn(2, rows, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = linear(x, layer.weight, layer.bias)
+        nobias = linear(x, layer.weight, None)
+    assert id(layer.weight) in packed_linear._PACKED  # the packed path ran
+    assert torch.equal(got, F.linear(x, layer.weight, layer.bias).detach())
+    assert torch.equal(nobias, F.linear(x, layer.weight).detach())
+
+
+@needs_packing
+def test_packed_copy_follows_in_place_updates_and_leaves_with_its_weight():
+    layer = _layer()
+    x = torch.randn(3, 48).to(torch.bfloat16)
+    with torch.no_grad():
+        before = linear(x, layer.weight, layer.bias)
+        layer.weight.mul_(0.5)
+        after = linear(x, layer.weight, layer.bias)
+        assert torch.equal(after, F.linear(x, layer.weight, layer.bias))
+    assert not torch.equal(before, after)
+    wid = id(layer.weight)
+    assert wid in packed_linear._PACKED
+    del layer
+    gc.collect()
+    assert wid not in packed_linear._PACKED
+
+
+def test_autograd_and_other_dtypes_take_plain_f_linear():
+    layer = _layer().float()
+    x = torch.randn(3, 48)
+    linear(x, layer.weight, layer.bias).sum().backward()  # float32: plain
+    assert layer.weight.grad is not None
+    bf = _layer()
+    xb = torch.randn(3, 48).to(torch.bfloat16)
+    linear(xb, bf.weight, bf.bias).float().sum().backward()  # autograd on: plain
+    assert bf.weight.grad is not None
+    assert id(bf.weight) not in packed_linear._PACKED
+
+
+@needs_packing
+def test_budget_caps_packed_copies(monkeypatch):
+    monkeypatch.setattr(packed_linear, "PACKED_BUDGET_BYTES", 0)
+    layer = _layer()
+    x = torch.randn(3, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = linear(x, layer.weight, layer.bias)
+    assert id(layer.weight) not in packed_linear._PACKED
+    assert torch.equal(got, F.linear(x, layer.weight, layer.bias).detach())
+
+
+def test_apply_linear_runs_hooks_and_wrappers():
+    layer = _layer()
+    handle = layer.register_forward_hook(lambda mod, args, out: out + 1.0)
+    x = torch.randn(3, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        hooked = apply_linear(layer, x)
+        handle.remove()
+        plain = apply_linear(layer, x)
+    assert torch.equal(hooked, plain + 1.0)
+
+
+@needs_packing
+def test_bfloat16_query_tower_on_packed_weights_equals_transformers(model, monkeypatch):
+    """The demo's mixed precision runs the query tower in bfloat16 on packed weights; the lean
+    BERT forward still equals transformers' (same kernel, same result)."""
+    tower = copy.deepcopy(model.query_tower).to(torch.bfloat16)
+    latents = torch.randn(
+        1, model.config.n_query, tower.input_dim, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.inference_mode():
+        fast = tower.forward_embeds(latents)
+        dense = tower.encoder.encoder.layer[0].intermediate.dense.weight
+        assert any(ref() is dense for ref, *_ in packed_linear._PACKED.values())
+        monkeypatch.setattr(fast_bert, "supports", lambda encoder: False)
+        slow = tower.forward_embeds(latents)
+    torch.testing.assert_close(fast, slow, rtol=1e-2, atol=1e-2)
