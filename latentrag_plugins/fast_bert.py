@@ -60,7 +60,8 @@ def bert_forward(encoder: Any, embeds: torch.Tensor, mask: torch.Tensor | None) 
         if torch.is_grad_enabled() or not _fusable(att):
             qkv = torch.stack([proj(x) for proj in (att.query, att.key, att.value)], 2)
         else:
-            qkv = linear(x, *_fused_qkv(att)).unflatten(-1, (3, -1))  # (B, L, 3, d)
+            qkv = linear(x, *_fused_qkv(att), immutable=True)  # (B, L, 3d)
+            qkv = qkv.unflatten(-1, (3, -1))  # (B, L, 3, d)
         heads = qkv.unflatten(-1, (-1, att.attention_head_size))  # (B, L, 3, H, hd)
         q, k, v = heads.permute(2, 0, 3, 1, 4)  # (B, H, L, hd) each
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=att.scaling)

@@ -25,11 +25,21 @@ _PACKED: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor, int]] = {}
 _state: dict[str, bool | None] = {"ok": None}
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, on a cached packed copy of ``weight`` where that applies."""
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, immutable: bool = False
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, on a cached packed copy of ``weight`` where that applies.
+
+    Args:
+        x: Input ``(..., d_in)``.
+        weight: Weight ``(d_out, d_in)``.
+        bias: Bias ``(d_out,)`` or None.
+        immutable: ``weight`` is never changed in place (a private derived tensor). Only then is
+            an inference tensor packed: it has no version counter to show a change.
+    """
     if x.dtype != torch.bfloat16 or x.device.type != "cpu" or torch.is_grad_enabled():
         return F.linear(x, weight, bias)
-    packed = _packed(weight)
+    packed = _packed(weight, immutable)
     if packed is None:
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -53,12 +63,14 @@ def apply_linear(mod: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mod(x)
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+def _packed(weight: torch.Tensor, immutable: bool) -> torch.Tensor | None:
     """The packed copy of a bfloat16 CPU ``weight`` (made on first use), or None."""
     if weight.dtype != torch.bfloat16 or weight.dim() != 2 or not _available():
         return None
-    # An inference tensor has no version counter; it can only change inside inference mode.
-    key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
+    inference = weight.is_inference()
+    if inference and not immutable:  # e.g. a model loaded in inference mode: updates unseen
+        return None
+    key = (weight.data_ptr(), -1 if inference else weight._version)
     hit = _PACKED.get(id(weight))
     if hit is not None and hit[0]() is weight:
         if hit[1] == key:

@@ -68,8 +68,8 @@ class PromptBuilder:
         """
         parts: list[tuple[list[int], list[int]]] = []
         for i, d in enumerate(docs, start=1):
-            head = list(self.trusted(f" Doc {i} (Title:"))
-            parts.append((head, self.untrusted(f" {d.title}) {d.body}".rstrip())))
+            head, text = doc_entry(i, d)
+            parts.append((list(self.trusted(head)), self.untrusted(text)))
         fixed = 2 + sum(len(h) for h, _ in parts)
         if not parts or budget <= fixed:
             return []
@@ -86,3 +86,9 @@ class PromptBuilder:
         """Prompt D.2 (``kind="thought"``) or D.3 (``kind="subquery"``), before the latents."""
         text = THOUGHT_DECODE_PROMPT if kind == "thought" else SUBQUERY_DECODE_PROMPT
         return [*self.bos, *self.trusted(text)]
+
+
+def doc_entry(i: int, doc: RetrievedDoc) -> tuple[str, str]:
+    """Document ``i``'s entry in an information block, ``" Doc i (Title: t) body"``, split
+    into its fixed head and the document's own text."""
+    return f" Doc {i} (Title:", f" {doc.title}) {doc.body}".rstrip()

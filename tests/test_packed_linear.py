@@ -102,3 +102,20 @@ def test_bfloat16_query_tower_on_packed_weights_equals_transformers(model, monke
         monkeypatch.setattr(fast_bert, "supports", lambda encoder: False)
         slow = tower.forward_embeds(latents)
     torch.testing.assert_close(fast, slow, rtol=1e-2, atol=1e-2)
+
+
+@needs_packing
+def test_inference_tensor_weights_are_packed_only_when_immutable():
+    """A model loaded in inference mode has weights without a version counter, so an in-place
+    update could not be seen: those run unpacked, unless the caller owns an immutable copy."""
+    with torch.inference_mode():
+        layer = _layer()
+        x = torch.randn(3, 48).to(torch.bfloat16)
+        linear(x, layer.weight, layer.bias)
+        assert id(layer.weight) not in packed_linear._PACKED
+        layer.weight.mul_(0.5)
+        assert torch.equal(
+            linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias)
+        )
+        linear(x, layer.weight, layer.bias, immutable=True)
+        assert id(layer.weight) in packed_linear._PACKED

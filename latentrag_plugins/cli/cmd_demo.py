@@ -153,7 +153,7 @@ def _json_report(args, model, explicit, naive, store, questions_path) -> int:  #
             settings={
                 "latent": method_settings(model, None),
                 "explicit": method_settings(explicit, None),
-                "naive": {**method_settings(model, None), "max_steps": 1},
+                "naive": method_settings(naive, None),
             },
         )
     )

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
             naive = NaiveRAG(model, top_k=args.top_k)
             runners["naive"] = lambda qs, n=naive: n.run_batch(qs, store)
-            settings["naive"] = {**method_settings(model, None), "max_steps": 1}
+            settings["naive"] = method_settings(naive, None)
         else:
             from ..baselines.explicit import ExplicitAgent
 

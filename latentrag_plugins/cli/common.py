@@ -134,9 +134,13 @@ def _check_ancestors(path: Path) -> None:
 
 def method_settings(method: Any, max_steps: int | None) -> dict[str, Any]:
     """What the report records about a method's run: its LLM dtype, answer mode and step
-    budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``)."""
+    budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``; naive RAG:
+    1)."""
+    from ..baselines.naive import NaiveRAG
     from ..precision import precision_name
 
+    if isinstance(method, NaiveRAG):
+        return {**method_settings(method.model, None), "max_steps": 1}
     cfg = method.config
     if max_steps is None:
         max_steps = cfg.max_steps if hasattr(cfg, "max_steps") else cfg.max_turns

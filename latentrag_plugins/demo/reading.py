@@ -19,7 +19,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..prompts import QUESTION_PROMPT
+from ..prompts import QUESTION_PROMPT, doc_entry
 from ..results import RetrievedDoc
 from ..tokens import ANSWER, ANSWER_END, INFO, INFO_END, load_tokenizer
 
@@ -40,8 +40,7 @@ def render_reading(question: str, blocks: Sequence[Sequence[str]], answer: str) 
     for docs in blocks:
         body = ""
         for i, contents in enumerate(docs, start=1):
-            d = RetrievedDoc(id="", text=contents, score=0.0)
-            body += f" Doc {i} (Title: {d.title}) {d.body}".rstrip()
+            body += "".join(doc_entry(i, RetrievedDoc(id="", text=contents, score=0.0)))
         parts.append(f"{INFO}{body}{INFO_END}")
     parts.append(f"{ANSWER} {answer.strip()}{ANSWER_END}")
     return "".join(parts)
