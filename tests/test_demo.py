@@ -116,3 +116,23 @@ def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypat
         with torch.no_grad():
             bias.sub_(0.5)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_demo_auto_dtype_is_mixed_on_cpus_with_amx(monkeypatch):
+    """`latentrag demo` shows each method at its fastest: mixed precision where the CPU has AMX,
+    the usual auto elsewhere; an explicit choice always stands."""
+    from latentrag_plugins import precision
+    from latentrag_plugins.cli.cmd_demo import demo_dtype
+
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    assert demo_dtype("auto", "cpu") == "mixed"
+    assert demo_dtype("float32", "cpu") == "float32"
+    assert demo_dtype("auto", "meta") == "auto"  # not a CPU: auto's own rule
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    assert demo_dtype("auto", "cpu") == "auto"
+
+
+def test_cpu_amx_probe_answers_without_raising():
+    from latentrag_plugins.precision import cpu_has_amx
+
+    assert isinstance(cpu_has_amx(), bool)

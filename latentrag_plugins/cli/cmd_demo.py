@@ -8,6 +8,10 @@ import sys
 
 from .common import add_device_arg, add_dtype_arg, add_extractive_arg, dtype_kwargs
 
+DEMO_AUTO = (
+    "mixed on CPUs with AMX (the demo models' fastest), else float32 on CPU, bfloat16 on GPU"
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -32,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_extractive_arg(p)
     add_device_arg(p)
-    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
-    add_dtype_arg(p, "--explicit-dtype", "the explicit agent")
+    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)", auto=DEMO_AUTO)
+    add_dtype_arg(p, "--explicit-dtype", "the explicit agent", auto=DEMO_AUTO)
     p.add_argument(
         "--build",
         metavar="DIR",
@@ -67,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("question is empty: ask a non-empty question")
     if args.question is not None and args.json:
         raise ValueError("--json reports the test split; leave out --question (or --json)")
-    model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(args.dtype))
+    dtype, explicit_dtype = (demo_dtype(d, args.device) for d in (args.dtype, args.explicit_dtype))
+    model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(dtype))
     explicit = ExplicitAgent.from_pretrained(
-        "demo-explicit", device=args.device, **dtype_kwargs(args.explicit_dtype)
+        "demo-explicit", device=args.device, **dtype_kwargs(explicit_dtype)
     )
     if args.extractive:
         model.config.extractive_answers = explicit.config.extractive_answers = True
@@ -85,6 +90,20 @@ def run(args: argparse.Namespace) -> int:
     for question, golds in questions:
         _show(question, golds, model, explicit, naive, store)
     return 0
+
+
+def demo_dtype(name: str, device: str | None) -> str:
+    """``--dtype`` for the demo models: ``auto`` is ``mixed`` on a CPU with AMX, where it is
+    every demo method's fastest setting, and as everywhere else otherwise."""
+    import torch
+
+    from ..model import default_device
+    from ..precision import MIXED, cpu_has_amx
+
+    if name != "auto":
+        return name
+    dev = torch.device(device) if device else default_device()
+    return MIXED if dev.type == "cpu" and cpu_has_amx() else name
 
 
 def with_gold(question: str, test):  # noqa: ANN001, ANN201 - evaluation.Question list

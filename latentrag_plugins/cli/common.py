@@ -46,15 +46,18 @@ def add_extractive_arg(p: argparse.ArgumentParser, who: str = "Every method's an
 
 
 def add_dtype_arg(
-    p: argparse.ArgumentParser, flag: str = "--dtype", what: str = "the model"
+    p: argparse.ArgumentParser,
+    flag: str = "--dtype",
+    what: str = "the model",
+    auto: str = "bfloat16 on GPU, float32 on CPU",
 ) -> None:
-    """``--dtype``: the weights' dtype (default auto: bf16 on GPU, float32 on CPU)."""
+    """``--dtype``: the weights' dtype (default auto, whose meaning ``auto`` states)."""
     p.add_argument(
         flag,
         choices=DTYPES,
         default="auto",
-        help=f"Dtype of {what} (default auto: bfloat16 on GPU, float32 on CPU; bfloat16 pays "
-        "off on CPUs with AMX; mixed: float32, with passes over many tokens on a bfloat16 copy).",
+        help=f"Dtype of {what} (default auto: {auto}; bfloat16 pays off on CPUs with AMX; "
+        "mixed: float32, with passes over many tokens on a bfloat16 copy).",
     )
 
 
