@@ -4,8 +4,10 @@ transformers' ``Qwen2Model.forward`` spends a fixed time per call on output capt
 building and keyword plumbing; for a small model that is a large share of a pass (the demo's
 4-layer LLM: about 0.5 ms of a 2 ms token pass). :func:`lean_forward` runs the same operations in
 the same order (same modules, same rotary embedding, transformers' own sdpa attention), so its
-hidden states equal ``decoder(...)``'s (tested bit for bit). It applies only where that holds:
-:func:`supports` checks the decoder once per loop.
+hidden states equal ``decoder(...)``'s (tested bit for bit on one thread; bfloat16 products run
+on packed weights, :mod:`.packed_linear`, which with several threads may round a long sum
+differently). It applies only where that holds: :func:`supports` checks the decoder once per
+loop.
 
 It can also skip work nobody reads: with ``keep``, the last layer computes queries, attention
 output and MLP only for the last ``keep`` positions (every position's keys and values still go

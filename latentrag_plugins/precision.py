@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from . import packed_linear
+
 MIXED = "mixed"  # the --dtype choice
 MIXED_DTYPES = (torch.float32, torch.bfloat16)  # (LLM, wide twin) under --dtype mixed
 
@@ -31,7 +33,9 @@ class WideTwin:
 
     def _set_wide_twin(self, dtype: torch.dtype, wide_dtype: torch.dtype | None) -> None:
         """Copy ``llm`` into ``wide_dtype`` (no twin when it is None or equals ``dtype``). The
-        twin is a snapshot: call ``to_device`` again after changing the LLM's weights."""
+        twin is a snapshot: call ``to_device`` again after changing the LLM's weights (which
+        also drops the packed bfloat16 weights, for writes through ``.data``)."""
+        packed_linear.clear()
         if wide_dtype is None or wide_dtype == dtype:
             self._wide = ()
             return
@@ -43,7 +47,7 @@ class WideTwin:
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bfloat16 products
     of many tokens run several times faster than float32 ones."""
-    try:
+    try:  # torch's own probe (private); it also asks the kernel for AMX state, as matmuls do
         return bool(torch._C._cpu._init_amx())
     except (AttributeError, RuntimeError):  # a torch without the probe, or a failed init
         return False

@@ -36,10 +36,19 @@ def _run(llm, lean: bool) -> tuple[list[torch.Tensor], BatchedContext]:
     return out, ctx
 
 
-@pytest.mark.parametrize("shape", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize(
+    "shape,extra",
+    [("tiny", {}), ("tiny-llama", {}), ("tiny-llama", {"mlp_bias": True, "attention_bias": True})],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lean_forward_equals_transformers(shape, dtype):
-    llm = build_llm(shape, vocab_size=128, seed=3, num_key_value_heads=2).to(dtype).eval()
+def test_lean_forward_equals_transformers(shape, extra, dtype):
+    """Bit for bit (one thread), bfloat16 included, where its products run on packed weights."""
+    llm = build_llm(shape, vocab_size=128, seed=3, num_key_value_heads=2, **extra)
+    with torch.no_grad():  # biases start at zero: make them count
+        for name, p in llm.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(std=0.1)
+    llm = llm.to(dtype).eval()
     assert lean_decoder.supports(llm.get_decoder())
     lean, ctx_lean = _run(llm, True)
     ref, ctx_ref = _run(llm, False)
