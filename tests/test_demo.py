@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -136,3 +137,30 @@ def test_cpu_amx_probe_answers_without_raising():
     from latentrag_plugins.precision import cpu_has_amx
 
     assert isinstance(cpu_has_amx(), bool)
+
+
+def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
+    """Building an index deletes cached indexes unused for 30 days; loading one marks it used;
+    anything that is not a cached index stays."""
+    import os
+
+    from latentrag_plugins.demo import index_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LATENTRAG_CACHE", str(cache))
+    old = time.time() - 40 * 86400
+    stale, other = cache / "index-stale-0", cache / "index-notours"
+    for d in (stale, other):
+        d.mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "d0", "contents": "Town\\nTown lies on a river."}) + "\n")
+    index_cache.cached_index(model, corpus)
+    (built,) = [d for d in cache.iterdir() if d not in (stale, other)]
+    for d in (stale, other, built):
+        os.utime(d, (old, old))
+    index_cache.cached_index(model, corpus)  # a load: marks it used, prunes nothing
+    assert built.stat().st_mtime > old + 86400 and stale.exists()
+    corpus.write_text(json.dumps({"id": "d1", "contents": "City\\nCity lies by the sea."}) + "\n")
+    index_cache.cached_index(model, corpus)  # a build: prunes
+    assert not stale.exists() and other.exists() and built.exists()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+
+UNUSED_DAYS = 30  # a cached index unused this long is deleted when another one is built
 
 
 def cache_dir() -> Path:
@@ -24,7 +29,8 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
 
     The cache key is the corpus' content hash and a fingerprint of the document tower (encoder
     id, pooling, normalisation, max length, a sample of its weights) and of the library version,
-    so a changed corpus, retriever or store format gets its own index.
+    so a changed corpus, retriever or store format gets its own index. Building one deletes the
+    cached indexes not used for :data:`UNUSED_DAYS` days.
     """
     from ..store.corpus import iter_corpus
     from ..store.faiss_store import FaissStore
@@ -33,9 +39,12 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
     path = cache_dir() / f"index-{digest}-{_tower_fingerprint(model.doc_tower)}"
     if (path / "manifest.json").is_file():
         try:
-            return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
+            store = FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
         except StoreError:
             pass  # a corrupt cache: rebuild it
+        else:
+            _mark_used(path)
+            return store
     print(  # once per corpus and tower; without a terminal no progress bar shows it
         f"building the index of {Path(corpus).name} once (cached in {path}; the demo corpus "
         "takes about a minute on 2 CPU cores)",
@@ -46,7 +55,27 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
         model, iter_corpus(corpus), batch_size=128, show_progress=sys.stderr.isatty()
     )
     store.save(path)
+    _prune(keep=path)
     return store
+
+
+def _mark_used(path: Path) -> None:
+    """Record a use of a cached index (its directory's modification time)."""
+    with contextlib.suppress(OSError):  # a read-only cache still serves
+        os.utime(path)
+
+
+def _prune(keep: Path) -> None:
+    """Delete the cached indexes other than ``keep`` unused for :data:`UNUSED_DAYS` days."""
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for entry in keep.parent.glob("index-*"):
+        if entry == keep or not (entry / "manifest.json").is_file():
+            continue  # not one of ours
+        try:
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry)
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
 
 
 def _tower_fingerprint(tower: Any) -> str:
