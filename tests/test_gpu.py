@@ -55,3 +55,25 @@ def test_cuda_training_uses_bf16_mixed_precision(tmp_path, tokenizer, prepared):
     loaded = LatentRAG.from_pretrained(out, device="cuda")
     assert loaded.device.type == "cuda"
     assert math.isfinite(sum(p.float().sum().item() for p in loaded.proj_ret.parameters()))
+
+
+def test_base_lm_pretrains_on_the_gpu(tmp_path, monkeypatch):
+    """The demo's base LM pretrains on a GPU when there is one, and saves a CPU-loadable model."""
+    from transformers import AutoModelForCausalLM
+
+    from latentrag_plugins.demo import base_lm
+
+    seen = []
+    real = base_lm.pretrain
+    monkeypatch.setattr(
+        base_lm,
+        "pretrain",
+        lambda model, *a, **k: seen.append(model.device.type) or real(model, *a, **k),
+    )
+    texts = ["Ann was born in Oslo. Bo was born in Rome."] * 16
+    out = base_lm.build_base_lm(
+        texts, tmp_path / "b", shape="tiny", vocab_size=300, seq_len=32, steps=2
+    )
+    base_lm.continue_pretraining(out, texts, seq_len=32, steps=2, batch_size=2)
+    assert seen == ["cuda", "cuda"]
+    assert AutoModelForCausalLM.from_pretrained(out).device.type == "cpu"

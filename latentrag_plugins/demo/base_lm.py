@@ -1,4 +1,5 @@
-"""Build and pretrain the demo's base LLM from scratch on a text corpus (CPU-friendly).
+"""Build and pretrain the demo's base LLM from scratch on a text corpus (on a GPU if there is one;
+CPU-friendly).
 
 No pretrained LLM can be downloaded here, so the demo starts from a small Qwen2-shaped model
 (``model_zoo.LLM_SHAPES["demo"]``) with a byte-level BPE tokenizer trained on the corpus, or a
@@ -127,6 +128,7 @@ def build_base_lm(
     special_tokens: Sequence[str] = (),
     tokenizer_texts: Sequence[str] | None = None,
     retriever: str | None = None,
+    device: str | None = None,
 ) -> Path:
     """Train a tokenizer on ``texts``, pretrain a ``shape`` LLM on them, save an HF model dir.
 
@@ -142,6 +144,7 @@ def build_base_lm(
             (``vocab_size`` is then unused): the vocabulary is the retriever's pieces that
             ``tokenizer_texts`` use, and their embeddings start from the retriever's
             (:mod:`.shared_vocab`).
+        device: Where to pretrain (default: a GPU if there is one, else the CPU).
     """
     if retriever:
         tok = retriever_tokenizer(tokenizer_texts or texts, retriever)
@@ -152,6 +155,7 @@ def build_base_lm(
     model = build_llm(shape, vocab_size=len(tok), seed=seed)
     if retriever:
         init_embeddings_from_retriever(model, tok, retriever)
+    model.to(_device(device))
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
@@ -186,14 +190,16 @@ def continue_pretraining(
     batch_size: int = 16,
     lr: float = 5e-4,
     seed: int = 1,
+    device: str | None = None,
 ) -> Path:
     """Pretrain the base LM in ``base`` further on ``texts`` (a new warm-up and cosine
-    schedule), replacing its weights atomically; the tokenizer stays as it is."""
+    schedule), replacing its weights atomically; the tokenizer stays as it is. ``device`` as in
+    :func:`build_base_lm`."""
     from transformers import AutoModelForCausalLM
 
     base = Path(base)
     tok = load_tokenizer(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base).to(_device(device))
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
@@ -219,3 +225,10 @@ def continue_pretraining(
         info.setdefault("continued", []).append(phase)
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return base
+
+
+def _device(name: str | None) -> torch.device:
+    """``name``, else a GPU if there is one, else the CPU."""
+    from ..model import default_device
+
+    return torch.device(name) if name else default_device()
