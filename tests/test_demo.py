@@ -131,6 +131,8 @@ def test_demo_auto_dtype_is_mixed_on_cpus_with_amx(monkeypatch):
     assert demo_dtype("auto", "meta") == "auto"  # not a CPU: auto's own rule
     monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
     assert demo_dtype("auto", "cpu") == "auto"
+    with pytest.raises(ValueError, match="bad --device 'gpu'"):
+        demo_dtype("auto", "gpu")
 
 
 def test_cpu_amx_probe_answers_without_raising():
@@ -141,7 +143,7 @@ def test_cpu_amx_probe_answers_without_raising():
 
 def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
     """Building an index deletes cached indexes unused for 30 days; loading one marks it used;
-    anything that is not a cached index stays."""
+    anything not named as a cached index stays, even a store of the user's."""
     import os
 
     from latentrag_plugins.demo import index_cache
@@ -149,10 +151,10 @@ def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("LATENTRAG_CACHE", str(cache))
     old = time.time() - 40 * 86400
-    stale, other = cache / "index-stale-0", cache / "index-notours"
+    stale, other = cache / f"index-{'0' * 16}-{'a' * 12}", cache / "index-wiki"
     for d in (stale, other):
         d.mkdir(parents=True)
-    (stale / "manifest.json").write_text("{}")
+        (d / "manifest.json").write_text("{}")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "d0", "contents": "Town\\nTown lies on a river."}) + "\n")
     index_cache.cached_index(model, corpus)
@@ -164,3 +166,4 @@ def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
     corpus.write_text(json.dumps({"id": "d1", "contents": "City\\nCity lies by the sea."}) + "\n")
     index_cache.cached_index(model, corpus)  # a build: prunes
     assert not stale.exists() and other.exists() and built.exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]

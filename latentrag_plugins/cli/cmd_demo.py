@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.build:
         from ..demo.recipe import run_recipe
 
-        rep = run_recipe(args.build, args.preset)
+        rep = run_recipe(args.build, args.preset, device=args.device)
         print(
             f"built the demo models in {args.build}; EM: "
             + ", ".join(f"{m} {v['em']:.3f}" for m, v in rep["methods"].items())
@@ -102,7 +102,10 @@ def demo_dtype(name: str, device: str | None) -> str:
 
     if name != "auto":
         return name
-    dev = torch.device(device) if device else default_device()
+    try:
+        dev = torch.device(device) if device else default_device()
+    except RuntimeError as e:
+        raise ValueError(f"bad --device {device!r}: {e}") from e
     return MIXED if dev.type == "cpu" and cpu_has_amx() else name
 
 

@@ -175,7 +175,8 @@ def build_base_lm(
         (tmp / "pretrain.json").write_text(
             json.dumps({"shape": shape, "vocab_size": len(tok), "seq_len": seq_len, "steps": steps,
                         "batch_size": batch_size, "lr": lr, "seed": seed, "retriever": retriever,
-                        "rows": int(data[0].shape[0]), "final_loss": logs[-1]["loss"]},
+                        "rows": int(data[0].shape[0]), "final_loss": logs[-1]["loss"],
+                        "device": str(model.device)},
                        indent=2, sort_keys=True)
         )  # fmt: skip
     return Path(out)
@@ -214,6 +215,7 @@ def continue_pretraining(
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         phase = {
+            "device": str(model.device),
             "steps": steps,
             "batch_size": batch_size,
             "seq_len": seq_len,

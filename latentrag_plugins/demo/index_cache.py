@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 from ..errors import StoreError
 
 UNUSED_DAYS = 30  # a cached index unused this long is deleted when another one is built
+_ENTRY = re.compile(r"index-[0-9a-f]{16}-[0-9a-f]{12}")  # a cached index's name, nothing else
 
 
 def cache_dir() -> Path:
@@ -38,13 +40,11 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
     digest = hashlib.sha256(Path(corpus).read_bytes()).hexdigest()[:16]
     path = cache_dir() / f"index-{digest}-{_tower_fingerprint(model.doc_tower)}"
     if (path / "manifest.json").is_file():
+        _mark_used(path)  # before reading: another process's pruning then leaves it alone
         try:
-            store = FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
+            return FaissStore.load(path, encoder_id=model.encoder_id, dim=model.dim)
         except StoreError:
             pass  # a corrupt cache: rebuild it
-        else:
-            _mark_used(path)
-            return store
     print(  # once per corpus and tower; without a terminal no progress bar shows it
         f"building the index of {Path(corpus).name} once (cached in {path}; the demo corpus "
         "takes about a minute on 2 CPU cores)",
@@ -66,20 +66,24 @@ def _mark_used(path: Path) -> None:
 
 
 def _prune(keep: Path) -> None:
-    """Delete the cached indexes other than ``keep`` unused for :data:`UNUSED_DAYS` days."""
+    """Delete the cached indexes other than ``keep`` unused for :data:`UNUSED_DAYS` days (only
+    directories named as this cache names them)."""
     cutoff = time.time() - UNUSED_DAYS * 86400
-    for entry in keep.parent.glob("index-*"):
-        if entry == keep or not (entry / "manifest.json").is_file():
-            continue  # not one of ours
+    for entry in keep.parent.iterdir():
+        if entry == keep or not _ENTRY.fullmatch(entry.name) or entry.is_symlink():
+            continue
         try:
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry)
+            if not entry.is_dir() or entry.stat().st_mtime >= cutoff:
+                continue
+            trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}")
+            entry.rename(trash)  # gone at once for readers, even if the delete stops halfway
         except OSError:  # removed meanwhile, or not ours to remove
-            pass
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _tower_fingerprint(tower: Any) -> str:
-    """A short hash of what a document tower's embeddings depend on."""
+    """A short hash of what a document tower's embeddings depend on (its weights' dtype too)."""
     import torch
 
     from .._version import __version__
@@ -90,5 +94,6 @@ def _tower_fingerprint(tower: Any) -> str:
     with torch.no_grad():
         for p in tower.encoder.parameters():  # 64 evenly spaced values of every tensor
             flat = p.detach().flatten()
+            h.update(str(p.dtype).encode())
             h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]

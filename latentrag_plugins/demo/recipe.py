@@ -97,8 +97,14 @@ PRESETS = {
 }  # fmt: skip
 
 
-def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
-    """Build the demo models under ``out`` and evaluate them; returns the eval report."""
+def run_recipe(
+    out: str | Path, preset: str = "demo", *, seed: int = 0, device: str | None = None
+) -> dict:
+    """Build the demo models under ``out`` and evaluate them; returns the eval report.
+
+    ``device`` (default: a GPU if there is one) runs the base LM's pretraining, the indexes,
+    prepared data and the eval; ``latentrag train`` picks its device itself (a GPU if any).
+    """
     from ..cli.main import main
     from .base_lm import build_base_lm, continue_pretraining
     from .reading import READING_TOKENS, reading_accuracy, world_texts
@@ -109,7 +115,10 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
     world, base = out / "world", out / "base-lm"
 
     def cli(*args: object) -> None:
-        code = main([str(a) for a in args])
+        argv = [str(a) for a in args]
+        if device and argv[0] in ("index", "prepare", "eval"):  # train picks its own device
+            argv += ["--device", device]
+        code = main(argv)
         if code:
             raise RuntimeError(f"recipe step failed ({code}): latentrag {' '.join(map(str, args))}")
 
@@ -125,12 +134,12 @@ def run_recipe(out: str | Path, preset: str = "demo", *, seed: int = 0) -> dict:
         texts, base, shape=p.base_shape, vocab_size=p.base_vocab, seq_len=p.base_seq_len,
         steps=p.base_steps, batch_size=p.base_batch, lr=p.base_lr, special_tokens=READING_TOKENS,
         tokenizer_texts=tok_texts,
-        retriever="minilm" if p.shared_vocab else None,
+        retriever="minilm" if p.shared_vocab else None, device=device,
     )  # fmt: skip
     reading = [t for s in p.reading_seeds for t in worlds[s][1]]
     continue_pretraining(
         base, reading, seq_len=p.base_seq_len, steps=p.reading_steps, batch_size=p.base_batch,
-        lr=p.reading_lr,
+        lr=p.reading_lr, device=device,
     )  # fmt: skip
     test_q = world / "questions_test.jsonl"
     base_reading = reading_accuracy(base, world / "corpus.jsonl", test_q, p.eval_questions)
