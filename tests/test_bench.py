@@ -8,7 +8,7 @@ import json
 import pytest
 
 from latentrag_plugins.bench.forcing import LatentForcer, spread
-from latentrag_plugins.bench.runner import BenchConfig, run_bench
+from latentrag_plugins.bench.runner import BenchConfig, build, run_bench
 from latentrag_plugins.cli.main import main
 from latentrag_plugins.evaluation.stats import percentile
 
@@ -42,6 +42,7 @@ def test_bench_tiny_json_contract(capsys):
     assert code == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["shape"] == "tiny" and isinstance(rep["machine"], dict)
+    assert rep["dtype"] == "float32"  # auto on CPU
     _check_methods(rep["methods"], [1, 2])
     assert set(rep["ratios"]) >= {"latent_vs_explicit", "latent_vs_naive"}
     m = rep["methods"]
@@ -52,6 +53,20 @@ def test_bench_tiny_json_contract(capsys):
     assert m["explicit"]["forward_passes"] == m["explicit"]["output_tokens"]
     # 3 step passes (the forced <answer> rides in the last), then one per answer token but the last.
     assert m["latent"]["forward_passes"] == 3 + m["latent"]["output_tokens"] - 1
+
+
+def test_bench_bfloat16_keeps_the_forced_shape():
+    """``--dtype bfloat16`` (CPUs with AMX): same forced actions and lengths, in bfloat16."""
+    rep = run_bench(
+        BenchConfig(shape="tiny", corpus_size=300, questions=2, batches=(1,), dtype="bfloat16",
+                    show_progress=False)
+    )  # fmt: skip
+    assert rep["dtype"] == "bfloat16"
+    m = rep["methods"]
+    assert m["latent"]["mean_steps"] == m["explicit"]["mean_steps"] == 2
+    assert m["explicit"]["output_tokens"] > 100 > m["latent"]["output_tokens"] > 0
+    with pytest.raises(ValueError, match="unknown dtype"):
+        build(BenchConfig(shape="tiny", dtype="int8"))
 
 
 def test_bench_decode_and_plot(tmp_path):
@@ -176,8 +191,6 @@ def test_eval_rejects_bad_baselines():
 
 def test_bench_leaves_grad_mode_alone():
     import torch
-
-    from latentrag_plugins.bench.runner import BenchConfig, build
 
     assert torch.is_grad_enabled()
     build(BenchConfig(shape="tiny", questions=1, corpus_size=50, show_progress=False))

@@ -25,6 +25,7 @@ from . import synthetic
 METHODS = ("latent", "explicit", "naive")
 LLM_CHOICES = ("tiny", "qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-7b")
 RETRIEVER_CHOICES = ("minilm", "qwen3-emb-0.6b")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class BenchConfig:
     batches: Sequence[int] = (1, 8, 32)  # batch sizes for throughput
     decode: bool = False  # LatentRAG also decodes its thoughts and subqueries
     device: str | None = None  # None: CUDA when available
+    dtype: str = "auto"  # "auto" (bfloat16 on GPU, float32 on CPU), "float32" or "bfloat16"
     threads: int | None = None  # torch CPU threads (None: auto, 1 for tiny shapes)
     doc_tokens: int = 130  # LLM tokens per document
     top_k: int = 3  # documents per retrieval
@@ -111,9 +113,11 @@ def build(cfg: BenchConfig) -> Setup:
         )
     if cfg.steps < 0 or cfg.questions < 1:
         raise ValueError("--steps must be >= 0 and --questions >= 1")
+    if cfg.dtype not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; choose from {', '.join(DTYPE_CHOICES)}")
     tok = build_tokenizer()
     dev = torch.device(cfg.device) if cfg.device else default_device()
-    dtype = default_dtype(dev)
+    dtype = default_dtype(dev) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     llm = build_llm(cfg.shape, seed=cfg.seed, device=dev, dtype=dtype)
     llm.config.name_or_path = f"random:{cfg.shape}"
     if cfg.retriever == "minilm":
@@ -267,6 +271,7 @@ def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
         "steps": cfg.steps,
         "batches": list(cfg.batches),
         "decode": cfg.decode,
+        "dtype": str(next(setup.model.llm.parameters()).dtype).removeprefix("torch."),
         "top_k": cfg.top_k,
         "doc_tokens": cfg.doc_tokens,
         "forced_lengths": {
