@@ -47,7 +47,7 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
             pass  # a corrupt cache: rebuild it
     print(  # once per corpus and tower; without a terminal no progress bar shows it
         f"building the index of {Path(corpus).name} once (cached in {path}; the demo corpus "
-        "takes about a minute on 2 CPU cores)",
+        "takes under a minute on 2 CPU cores)",
         file=sys.stderr,
         flush=True,
     )
