@@ -30,9 +30,9 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
     """Load the cached index of ``corpus`` for ``model``'s document tower, building it if needed.
 
     The cache key is the corpus' content hash and a fingerprint of the document tower (encoder
-    id, pooling, normalisation, max length, a sample of its weights) and of the library version,
-    so a changed corpus, retriever or store format gets its own index. Building one deletes the
-    cached indexes not used for :data:`UNUSED_DAYS` days.
+    id, pooling, normalisation, max length, a sample of its weights and their dtype) and of the
+    library version, so a changed corpus, retriever or store format gets its own index. Building
+    one deletes the cached indexes not used for :data:`UNUSED_DAYS` days.
     """
     from ..store.corpus import iter_corpus
     from ..store.faiss_store import FaissStore
