@@ -452,6 +452,40 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
+def test_many_concurrent_calls_with_plain_handlers_stream_every_token_in_order(lc_model, vs):
+    """A plain (sync) callback handler runs in the event loop's default thread pool, which the
+    calls waiting for the model lock can fill: answer tokens must not wait for it (they
+    deadlocked at os.cpu_count() + 4 concurrent calls), and still arrive whole and in order,
+    before the call returns."""
+    import copy
+    import os
+
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    model = copy.deepcopy(lc_model)  # its own lock: a deadlock here cannot stall other tests
+    chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            if name == TOKEN:
+                self.texts.append(data["text"])
+
+    n = (os.cpu_count() or 1) + 6
+    handlers = [Tokens() for _ in range(n)]
+    questions = [f"Where was person {i} born?" for i in range(n)]
+
+    async def main() -> list[dict[str, Any]]:
+        calls = (chain.ainvoke(q, {"callbacks": [h]}) for q, h in zip(questions, handlers))
+        return list(await asyncio.gather(*calls))
+
+    outs = _finishes(main, seconds=60)
+    for out, handler in zip(outs, handlers):
+        assert handler.texts and "".join(handler.texts).strip() == out["answer"]
+
+
 # ---------------------------------------------------------------------------------- chain
 def test_chain_output_and_inputs(lc_model, vs, retrieving):
     chain = LatentRAGChain(model=lc_model, vectorstore=vs, top_k=2, max_steps=2)

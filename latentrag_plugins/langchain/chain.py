@@ -154,10 +154,14 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         self, questions: list[str], configs: list[RunnableConfig]
     ) -> list[dict[str, Any]]:
         searcher, opts = self._prepare()
-        out = await aconsume(
-            adrive(self.model, questions, searcher, opts, on_token=_threadsafe_tokens(configs)),
-            lambda row, name, data: adispatch(name, data, configs[row]),
-        )
+        tokens = _TokenRelay(configs)
+
+        async def on_event(row: int, name: str, data: dict[str, Any]) -> None:
+            await tokens.flush()  # answer tokens first, in order
+            await adispatch(name, data, configs[row])
+
+        out = await aconsume(adrive(self.model, questions, searcher, opts, tokens), on_event)
+        await tokens.flush()
         return [self._output(r, h) for r, h in zip(out.results, out.hits)]
 
     def _parse_all(self, inputs: list[Any]) -> tuple[list[int], list[str], list[Any]]:
@@ -294,11 +298,12 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     ) -> AsyncIterator[dict[str, Any]]:
         question = self._question(await anext(inputs))
         searcher, opts = self._prepare()
-        on_token = _threadsafe_tokens([config])
+        tokens = _TokenRelay([config])
         texts: dict[int, tuple[Any, Any]] = {}
-        items = adrive(self.model, [question], searcher, opts, on_token=on_token)
+        items = adrive(self.model, [question], searcher, opts, on_token=tokens)
         async with aclosing(items):  # close the loop now if the consumer stops early
             async for item in items:
+                await tokens.flush()  # answer tokens first, in order
                 if isinstance(item, LoopOutcome):
                     yield self._output(item.results[0], item.hits[0])
                     continue
@@ -320,13 +325,31 @@ def _step_chunk(
     return {"step": {**data, "thought": thought, "subquery": subquery}}
 
 
-def _threadsafe_tokens(configs: list[RunnableConfig]) -> Any:
-    """An ``on_token`` that dispatches ``latentrag_token`` on the running event loop from the
-    worker thread the forward passes run in (waiting, so tokens arrive in order)."""
-    loop = asyncio.get_running_loop()
+class _TokenRelay:
+    """An ``on_token`` for the worker thread the forward passes run in: it dispatches each answer
+    token as ``latentrag_token`` on the event loop, in order, without waiting there. (Waiting
+    deadlocked: a plain callback handler runs in the loop's default thread pool, which the
+    worker threads queued on the model lock could fill.) Await :meth:`flush` before anything
+    that must follow the tokens."""
 
-    def on_token(row: int, text: str) -> None:
-        coro = adispatch(TOKEN_EVENT, {"text": text}, configs[row])
-        asyncio.run_coroutine_threadsafe(coro, loop).result()
+    def __init__(self, configs: list[RunnableConfig]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._configs = configs
+        self._last: asyncio.Task[None] | None = None
 
-    return on_token
+    def __call__(self, row: int, text: str) -> None:
+        self._loop.call_soon_threadsafe(self._queue, row, text)  # runs in call order
+
+    def _queue(self, row: int, text: str) -> None:
+        self._last = self._loop.create_task(self._send(self._last, row, text))
+
+    async def _send(self, before: asyncio.Task[None] | None, row: int, text: str) -> None:
+        if before is not None:
+            await before
+        await adispatch(TOKEN_EVENT, {"text": text}, self._configs[row])
+
+    async def flush(self) -> None:
+        """Wait until every token queued so far has been dispatched (re-raising its error)."""
+        await asyncio.sleep(0)  # let queue callbacks that are already due create their tasks
+        if self._last is not None:
+            await self._last
