@@ -28,6 +28,14 @@ class RetrievedDoc(BaseModel):
         return parts[1].strip() if len(parts) > 1 else ""
 
 
+def titled(text: str, title: Any) -> str:
+    """``text`` led by ``title`` on its own line (a store's ``title`` metadata field), unless the
+    title is missing or empty or ``text`` already starts with it."""
+    if isinstance(title, str) and title.strip() and not text.startswith(title):
+        return f"{title}\n{text}"
+    return text
+
+
 class Step(BaseModel):
     """One reasoning step of an agent: an action, and the documents it retrieved."""
 

@@ -7,6 +7,7 @@ A tiny random LatentRAG with the real MiniLM retriever is built once for this mo
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import threading
@@ -226,6 +227,27 @@ def test_step_settings_default_to_the_models_config(lc_model, vs, monkeypatch):
     monkeypatch.setattr(lc_model.config, "max_steps", 0)
     assert LatentRAGRetriever(model=lc_model, vectorstore=vs).max_steps == 1  # it always searches
     assert LatentRAGChain(model=lc_model, vectorstore=vs).max_steps == 0
+
+
+def test_title_metadata_leads_the_text_the_model_reads():
+    """As in the LlamaIndex adapter: a store's ``title`` metadata field is the document's title
+    line, unless its text already starts with it."""
+    from latentrag_plugins.langchain._loop import _as_retrieved
+
+    hits = [
+        (Document(page_content="Born in Warsaw.", metadata={"title": "Marie Curie"}), 0.9),
+        (
+            Document(
+                page_content="Marie Curie\nBorn in Warsaw.", metadata={"title": "Marie Curie"}
+            ),
+            0.8,
+        ),
+        (Document(page_content="Warsaw\nA city.", metadata={}), None),
+    ]
+    docs = _as_retrieved(hits)
+    assert [d.title for d in docs] == ["Marie Curie", "Marie Curie", "Warsaw"]
+    assert [d.body for d in docs] == ["Born in Warsaw.", "Born in Warsaw.", "A city."]
+    assert docs[0].metadata == {"title": "Marie Curie"} and math.isnan(docs[2].score)
 
 
 def test_retriever_returns_union_in_step_then_rank_order(lc_model, vs, retrieving):

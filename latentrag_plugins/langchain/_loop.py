@@ -27,7 +27,7 @@ from langchain_core.documents import Document
 
 from ..inference import SearchRequest, latent_loop
 from ..live import LiveDecoder, model_lock
-from ..results import LatentRAGResult, RetrievedDoc
+from ..results import LatentRAGResult, RetrievedDoc, titled
 from ._store_adapter import StoreSearcher
 from .events import STEP_EVENT, THOUGHT_EVENT, Hit, document_id, step_data, thought_data
 
@@ -84,11 +84,12 @@ def _close(gen: Generator, lock: threading.RLock) -> None:
 
 
 def _as_retrieved(hits: list[Hit]) -> list[RetrievedDoc]:
-    """Store hits as the loop's documents (the LLM reads their text)."""
+    """Store hits as the loop's documents (the LLM reads their text; a ``title`` metadata field
+    leads it)."""
     return [
         RetrievedDoc(
             id=document_id(d) or "",
-            text=d.page_content,
+            text=titled(d.page_content, d.metadata.get("title")),
             score=math.nan if s is None else s,
             metadata=dict(d.metadata),
         )

@@ -25,7 +25,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from ..errors import StoreError
 from ..inference import latent_loop
 from ..live import LiveDecoder, check_question, model_lock, resolve_model
-from ..results import LatentRAGResult, RetrievedDoc, Step, Timings
+from ..results import LatentRAGResult, RetrievedDoc, Step, Timings, titled
 from .events import LatentStepEvent, LatentThoughtEvent, emit
 from .manifest import check_index
 
@@ -61,10 +61,7 @@ class RunState:
 def to_doc(nws: NodeWithScore) -> RetrievedDoc:
     """A LlamaIndex node as the loop's document (a ``title`` metadata field leads the text)."""
     node = nws.node
-    text = node.get_content(metadata_mode=MetadataMode.NONE)
-    title = node.metadata.get("title")
-    if isinstance(title, str) and title.strip() and not text.startswith(title):
-        text = f"{title}\n{text}"
+    text = titled(node.get_content(metadata_mode=MetadataMode.NONE), node.metadata.get("title"))
     score = float(nws.score) if nws.score is not None else math.nan  # "no score", not 0
     return RetrievedDoc(id=node.node_id, text=text, score=score, metadata=dict(node.metadata))
 
