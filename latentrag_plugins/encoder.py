@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,23 @@ def resolve_retriever(name: str) -> str:
 def canonical_retriever_id(name: str) -> str:
     """The id stores record for a retriever: the hub id for MiniLM aliases, else ``name``."""
     return DEFAULT_RETRIEVER if name in _DEFAULT_ALIASES else name
+
+
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two encoder ids name the same encoder: the same id (MiniLM aliases included), or
+    a hub id and a local copy of it (a directory named as the hub model). Two hub ids, or two
+    local paths, must match exactly: ``my-org/bge-small-en-v1.5`` may be a fine-tune."""
+    ca, cb = canonical_retriever_id(a), canonical_retriever_id(b)
+    if ca == cb:
+        return True
+    if _local_path(ca) == _local_path(cb):
+        return False
+    return Path(ca.rstrip("/\\")).name.lower() == Path(cb.rstrip("/\\")).name.lower()
+
+
+def _local_path(name: str) -> bool:
+    """Whether an encoder id is a local path rather than a hub id."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or Path(name).exists()
 
 
 def detect_pooling(path: str, model: PreTrainedModel) -> tuple[Pooling, str | None]:

@@ -344,3 +344,20 @@ def test_a_failed_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(p.read_text()) == {"step": 2}
     assert [x.name for x in tmp_path.iterdir()] == ["trainer_state.json"]
+
+
+def test_same_encoder_accepts_aliases_and_local_copies_only(tmp_path):
+    """One rule for both integrations: the same id (MiniLM aliases too), or a hub id and a local
+    directory named as it; two hub ids or two local paths must match exactly."""
+    from latentrag_plugins.encoder import same_encoder
+
+    hub = "sentence-transformers/all-MiniLM-L6-v2"
+    assert same_encoder(hub, hub) and same_encoder("minilm", hub)
+    assert same_encoder("/models/all-MiniLM-L6-v2", hub)  # a local copy
+    assert same_encoder(hub, "./all-MiniLM-L6-v2/")
+    assert not same_encoder("BAAI/bge-small-en-v1.5", "my-org/bge-small-en-v1.5")  # a fine-tune?
+    assert not same_encoder("/ckpts/run1/retriever", "/ckpts/run2/retriever")
+    assert not same_encoder("/models/bge-small-en-v1.5", hub)
+    copy = tmp_path / "all-MiniLM-L6-v2"
+    copy.mkdir()
+    assert same_encoder(str(copy), hub)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from ..encoder import canonical_retriever_id
+from ..encoder import same_encoder
 from ..errors import EncoderMismatchError, StoreError
 from .events import Hit
 
@@ -185,7 +185,7 @@ def check_store(store: Any, model: LatentRAG) -> bool:
             )
     elif emb is not None:
         declared = _declared_model(emb)
-        if declared is None or canonical_retriever_id(declared) != model.encoder_id:
+        if declared is None or not same_encoder(declared, model.encoder_id):
             raise EncoderMismatchError(
                 f"{name} was built with {type(emb).__name__} (model {declared!r}), but the "
                 f"model's document tower is {want}: LatentRAG's latent queries only match "

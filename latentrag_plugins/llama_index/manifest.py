@@ -21,7 +21,7 @@ from llama_index.core import StorageContext, load_index_from_storage
 from llama_index.core.indices.vector_store.base import VectorStoreIndex
 
 from .._version import __version__
-from ..encoder import canonical_retriever_id
+from ..encoder import same_encoder
 from ..errors import EncoderMismatchError, StoreError
 from ..io_utils import write_json_atomic
 from .embedding import LatentRAGEmbedding, document_tower
@@ -33,12 +33,6 @@ FORMAT = "latentrag-llama-index"
 FORMAT_VERSION = 1
 _UNNAMED = {"", "unknown"}
 _HINT = "Build the index with `embed_model=LatentRAGEmbedding(model=...)`."
-
-
-def same_encoder(a: str, b: str) -> bool:
-    """True if two encoder ids name the same encoder (aliases, hub id vs. local copy)."""
-    ca, cb = canonical_retriever_id(a), canonical_retriever_id(b)
-    return ca == cb or Path(ca.rstrip("/")).name.lower() == Path(cb.rstrip("/")).name.lower()
 
 
 def store_dim(vector_store: Any) -> int | None:
