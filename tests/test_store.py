@@ -125,6 +125,7 @@ def test_empty_store(tmp_path: Path) -> None:
         FaissStore.load(tmp_path / "empty", use_gpu=False).search(np.zeros(DIM), k=1)
     with pytest.raises(StoreError, match="no documents"):
         FaissStore.build(HashEncoder(), [], show_progress=False)
+    assert len(FaissStore.from_embeddings("test/hash-bow", DIM, [], [], [], use_gpu=False)) == 0
 
 
 def test_save_load_same_results(enc: HashEncoder, store: FaissStore, tmp_path: Path) -> None:

@@ -205,6 +205,8 @@ class FaissStore:
         """
         emb = _as_matrix(embeddings, "embeddings")  # (N, dim)
         n = len(ids)
+        if n == 0 and emb.size == 0:
+            emb = emb.reshape(0, self.dim)  # e.g. an empty list
         if emb.ndim != 2 or emb.shape[0] != n or (n and emb.shape[1] != self.dim):
             raise StoreError(
                 f"embeddings have shape {emb.shape}; expected ({n}, {self.dim}) for {n} ids "
