@@ -474,6 +474,39 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
+def test_a_cancelled_call_stops_its_answer_at_the_next_token(lc_model, vs):
+    """The tiny model writes its full 32 answer tokens; cancelled at the first, it writes only
+    the tokens already under way (the worker thread ends the answer; nobody waits for it)."""
+    import copy
+
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    model = copy.deepcopy(lc_model)
+    chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
+    assert chain.invoke(Q)["output_tokens"] == model.config.max_answer_tokens
+
+    class CancelOnFirstToken(AsyncCallbackHandler):
+        task: asyncio.Task | None = None
+        tokens = 0
+
+        async def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            if name == TOKEN:
+                self.tokens += 1
+                if self.task is not None:
+                    self.task.cancel()
+
+    async def main() -> int:
+        handler = CancelOnFirstToken()
+        handler.task = asyncio.ensure_future(chain.ainvoke(Q, {"callbacks": [handler]}))
+        with pytest.raises(asyncio.CancelledError):
+            await handler.task
+        await chain.ainvoke(Q)  # waits for the model lock: the cancelled answer has ended
+        await asyncio.sleep(0.05)
+        return handler.tokens
+
+    assert _finishes(main) <= 3
+
+
 def test_many_concurrent_calls_with_plain_handlers_stream_every_token_in_order(lc_model, vs):
     """A plain (sync) callback handler runs in the event loop's default thread pool, which the
     calls waiting for the model lock can fill: answer tokens must not wait for it (they

@@ -7,6 +7,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,11 @@ from llama_index.core.tools import QueryEngineTool, ToolSelection  # noqa: E402
 from llama_index.core.vector_stores.simple import SimpleVectorStore  # noqa: E402
 from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step  # noqa: E402
 
-from latentrag_plugins.errors import EncoderMismatchError, StoreError  # noqa: E402
+from latentrag_plugins.errors import (  # noqa: E402
+    EncoderMismatchError,
+    GenerationStopped,
+    StoreError,
+)
 from latentrag_plugins.llama_index import (  # noqa: E402
     LatentRAGEmbedding,
     LatentRAGQueryEngine,
@@ -411,6 +417,42 @@ def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
     for answer in (False, True):
         cancelled.clear()
         asyncio.run(main(answer))
+    # the worker thread's next answer token ends the answer: nobody waits for it any more
+    with pytest.raises(GenerationStopped):
+        tokens_out["emit"](0, "more")
+
+
+def test_closed_sync_stream_ends_its_answer(lmodel, index, monkeypatch):
+    """Closing a streaming query's token generator early makes the worker thread's next answer
+    token end the answer, instead of generating on under the model lock."""
+    engine = LatentRAGQueryEngine(model=lmodel, index=index, streaming=True)
+    plans: dict[str, Any] = {}
+    closed, outcome = threading.Event(), []
+
+    def plan(*args: Any, on_token: Any, **kwargs: Any) -> Any:
+        plans["emit"] = on_token
+
+    def run_plan(plan: Any) -> None:
+        plans["emit"](0, "Warsaw")
+        closed.wait(10)
+        try:
+            plans["emit"](0, " more")
+            outcome.append("generated on")
+        except GenerationStopped:
+            outcome.append("stopped")
+            raise
+
+    monkeypatch.setattr(engine._driver, "plan", plan)
+    monkeypatch.setattr(engine._driver, "run_plan", run_plan)
+    gen = engine.query(Q).response_gen
+    assert next(gen) == "Warsaw"
+    gen.close()
+    closed.set()
+    for _ in range(100):
+        if outcome:
+            break
+        time.sleep(0.02)
+    assert outcome == ["stopped"]
 
 
 # ---------------------------------------------------------------------------------- agents

@@ -21,6 +21,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..errors import GenerationStopped
 from ..live import check_question, resolve_model
 from ..model import LatentRAG
 from ..results import LatentRAGResult
@@ -160,7 +161,11 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
             await tokens.flush()  # answer tokens first, in order
             await adispatch(name, data, configs[row])
 
-        out = await aconsume(adrive(self.model, questions, searcher, opts, tokens), on_event)
+        try:
+            out = await aconsume(adrive(self.model, questions, searcher, opts, tokens), on_event)
+        except asyncio.CancelledError:
+            tokens.stop()
+            raise
         await tokens.flush()
         return [self._output(r, h) for r, h in zip(out.results, out.hits)]
 
@@ -301,15 +306,18 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         tokens = _TokenRelay([config])
         texts: dict[int, tuple[Any, Any]] = {}
         items = adrive(self.model, [question], searcher, opts, on_token=tokens)
-        async with aclosing(items):  # close the loop now if the consumer stops early
-            async for item in items:
-                await tokens.flush()  # answer tokens first, in order
-                if isinstance(item, LoopOutcome):
-                    yield self._output(item.results[0], item.hits[0])
-                    continue
-                await adispatch(item[1], item[2], config)
-                if (chunk := _step_chunk(item[1], item[2], texts)) is not None:
-                    yield chunk
+        try:
+            async with aclosing(items):  # close the loop now if the consumer stops early
+                async for item in items:
+                    await tokens.flush()  # answer tokens first, in order
+                    if isinstance(item, LoopOutcome):
+                        yield self._output(item.results[0], item.hits[0])
+                        continue
+                    await adispatch(item[1], item[2], config)
+                    if (chunk := _step_chunk(item[1], item[2], texts)) is not None:
+                        yield chunk
+        finally:
+            tokens.stop()  # a no-op once the answer is done
 
 
 def _step_chunk(
@@ -336,9 +344,16 @@ class _TokenRelay:
         self._loop = asyncio.get_running_loop()
         self._configs = configs
         self._last: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def __call__(self, row: int, text: str) -> None:
+        if self._stopped:  # the call was cancelled: end the answer in the worker thread
+            raise GenerationStopped("the caller stopped waiting for this answer")
         self._loop.call_soon_threadsafe(self._queue, row, text)  # runs in call order
+
+    def stop(self) -> None:
+        """End the answer at its next token (the call was cancelled or its stream closed)."""
+        self._stopped = True
 
     def _queue(self, row: int, text: str) -> None:
         self._last = self._loop.create_task(self._send(self._last, row, text))

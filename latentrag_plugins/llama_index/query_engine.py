@@ -27,6 +27,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
 
+from ..errors import GenerationStopped
 from ..results import LatentRAGResult
 from ._driver import RunState
 from .events import stream_events_to
@@ -194,6 +195,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
     def _stream(self, query_bundle: QueryBundle) -> StreamingResponse:
         """Run the loop in a worker thread; return once the answer starts (all nodes known)."""
         items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        stopped = threading.Event()
         state = RunState()
         plan = self._driver.plan(
             query_bundle.query_str,
@@ -201,7 +203,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             generate_answer=True,
             caller=type(self).__name__,
             state=state,
-            on_token=lambda _row, text: items.put(("token", text)),
+            on_token=_stoppable(lambda text: items.put(("token", text)), stopped),
         )
 
         def work() -> None:
@@ -219,13 +221,16 @@ class LatentRAGQueryEngine(BaseQueryEngine):
 
         def tokens() -> Generator[str, None, None]:
             item = first
-            while True:
-                piece, end = _stream_piece(item, metadata)
-                if piece:
-                    yield piece
-                if end:
-                    return
-                item = items.get()
+            try:
+                while True:
+                    piece, end = _stream_piece(item, metadata)
+                    if piece:
+                        yield piece
+                    if end:
+                        return
+                    item = items.get()
+            finally:  # closed early: end the answer at its next token
+                stopped.set()
 
         return StreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
 
@@ -233,6 +238,10 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         """Run the loop as a task; return once the answer starts (all nodes known)."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stopped = threading.Event()
+        put = _stoppable(
+            lambda text: loop.call_soon_threadsafe(items.put_nowait, ("token", text)), stopped
+        )
         state = RunState()
         plan = self._driver.plan(
             query_bundle.query_str,
@@ -240,9 +249,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             generate_answer=True,
             caller=type(self).__name__,
             state=state,
-            on_token=lambda _row, text: loop.call_soon_threadsafe(
-                items.put_nowait, ("token", text)
-            ),
+            on_token=put,
         )
 
         async def work() -> None:
@@ -255,6 +262,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         try:
             first = await items.get()
         except asyncio.CancelledError:  # the caller gave up: so does the loop
+            stopped.set()
             task.cancel()
             raise
         if first[0] == "error":
@@ -272,6 +280,7 @@ class LatentRAGQueryEngine(BaseQueryEngine):
                         return
                     item = await items.get()
             finally:  # the consumer stopped early (closed, cancelled): stop the loop too
+                stopped.set()  # and the answer, at its next token
                 task.cancel()
 
         return AsyncStreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
@@ -318,3 +327,15 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         return FunctionTool.from_defaults(
             async_fn=latentrag, name=name, description=description, return_direct=return_direct
         )
+
+
+def _stoppable(put: Any, stopped: threading.Event) -> Any:
+    """An ``on_token`` that hands each answer token to ``put`` from the worker thread, and ends
+    the answer there (:class:`GenerationStopped`) once ``stopped`` is set: nobody waits for it."""
+
+    def on_token(_row: int, text: str) -> None:
+        if stopped.is_set():
+            raise GenerationStopped("the caller stopped waiting for this answer")
+        put(text)
+
+    return on_token
