@@ -222,6 +222,12 @@ def test_retriever_steps_union_and_metadata(lmodel, nodes, embed, index, store):
     assert latent.similarity_top_k == 3
 
 
+def test_retriever_kwargs_may_not_set_what_the_adapter_sets(lmodel, index):
+    for key in ("similarity_top_k", "callback_manager"):
+        with pytest.raises(ValueError, match=f"retriever_kwargs may not set {key}"):
+            LatentRAGRetriever(model=lmodel, index=index, retriever_kwargs={key: None})
+
+
 def test_retriever_at_least_one_step_and_async(lmodel, index):
     retriever = LatentRAGRetriever(model=lmodel, index=index, top_k=2, max_steps=3)
     with ForceActions(lmodel, "answer"):  # the model wants to answer at once: still one search

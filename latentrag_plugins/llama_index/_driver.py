@@ -58,6 +58,16 @@ class RunState:
     empty: bool = False  # the first search found nothing: the index is empty
 
 
+# index.as_retriever arguments the adapters set themselves, and why
+_OWN_RETRIEVER_ARGS = {
+    "similarity_top_k": "the documents per latent step are top_k (the retriever's own "
+    "similarity_top_k cuts the union of all steps)",
+    "callback_manager": "the index passes its own; set it on the index",
+    "node_ids": "the index passes its own",
+    "object_map": "the index passes its own",
+}
+
+
 def to_doc(nws: NodeWithScore) -> RetrievedDoc:
     """A LlamaIndex node as the loop's document (a ``title`` metadata field leads the text)."""
     node = nws.node
@@ -125,11 +135,13 @@ class LatentDriver:
         if not hasattr(index, "as_retriever"):
             raise TypeError(f"index must be a VectorStoreIndex, got {type(index).__name__}")
         check_index(index, self.model)
+        extra = dict(retriever_kwargs or {})
+        for key, why in _OWN_RETRIEVER_ARGS.items():
+            if key in extra:
+                raise ValueError(f"retriever_kwargs may not set {key}: {why}")
         self.index = index
         self.decode = decode
-        self.vector_retriever = index.as_retriever(
-            similarity_top_k=self.top_k, **(retriever_kwargs or {})
-        )
+        self.vector_retriever = index.as_retriever(similarity_top_k=self.top_k, **extra)
         self._lock = model_lock(self.model)
 
     # ------------------------------------------------------------------------------ the plan
