@@ -73,6 +73,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, else :func:`default_device`."""
+    return torch.device(device) if device else default_device()
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that support it, else float32."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -190,7 +195,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         torch.manual_seed(seed)
         projs = cls._make_projectors(cfg, llm.config.hidden_size, doc_tower)
         model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
-        dev = torch.device(device) if device else default_device()
+        dev = resolve_device(device)
         return model.to_device(dev, dtype or default_dtype(dev))
 
     @staticmethod
@@ -436,7 +441,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
         except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
-        dev = torch.device(device) if device else default_device()
+        dev = resolve_device(device)
         return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
     @staticmethod
@@ -530,7 +535,7 @@ def load_document_tower(
     trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
     enc, tok, _ = load_encoder(source, trust_remote_code=trust)
     tower = EncoderTower.from_config(enc, tok, cfg)
-    return tower.to(torch.device(device) if device else default_device()).eval()
+    return tower.to(resolve_device(device)).eval()
 
 
 def retriever_tower(
@@ -546,7 +551,7 @@ def retriever_tower(
         query_instruction=instruction,
         encoder_id=canonical_retriever_id(name),
     )
-    return tower.to(torch.device(device) if device else default_device()).eval()
+    return tower.to(resolve_device(device)).eval()
 
 
 def _trust(root: Path, recorded: bool, asked: bool | None) -> bool:

@@ -124,7 +124,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
             **config: Any :class:`ExplicitConfig` field (``top_k``, ``max_turns``, ...).
         """
-        from ..model import default_device, default_dtype
+        from ..model import default_dtype, resolve_device
 
         ExplicitConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
@@ -166,7 +166,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         if tower is None:
             tower = EncoderTower.from_config(enc, enc_tok, cfg)
         agent = cls(cfg, llm, tok, tower)
-        dev = torch.device(device) if device else default_device()
+        dev = resolve_device(device)
         return agent.to_device(dev, dtype or default_dtype(dev))
 
     def to_device(
@@ -340,7 +340,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             CheckpointError: A file is missing or corrupt; the message names it.
         """
         from ..demo.assets import resolve_checkpoint
-        from ..model import _load, _trust, default_device, default_dtype
+        from ..model import _load, _trust, default_dtype, resolve_device
 
         root = resolve_checkpoint(path)
         if not root.is_dir():
@@ -368,7 +368,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
         except ValueError as exc:
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
-        dev = torch.device(device) if device else default_device()
+        dev = resolve_device(device)
         return agent.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
 

@@ -102,7 +102,7 @@ def build(cfg: BenchConfig) -> Setup:
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
-    from ..model import LatentRAG, default_device, default_dtype
+    from ..model import LatentRAG, default_dtype, resolve_device
     from ..model_zoo import LLM_SHAPES, build_encoder, build_llm, build_tokenizer
 
     if cfg.shape not in LLM_SHAPES:
@@ -116,7 +116,7 @@ def build(cfg: BenchConfig) -> Setup:
     if cfg.dtype not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose from {', '.join(DTYPE_CHOICES)}")
     tok = build_tokenizer()
-    dev = torch.device(cfg.device) if cfg.device else default_device()
+    dev = resolve_device(cfg.device)
     dtype = default_dtype(dev) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     llm = build_llm(cfg.shape, seed=cfg.seed, device=dev, dtype=dtype)
     llm.config.name_or_path = f"random:{cfg.shape}"
@@ -220,6 +220,8 @@ def _faiss_or_none() -> Any:
 
 
 def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
+    from ..precision import precision_name
+
     t_build = time.perf_counter()
     setup = setup or build(cfg)
     build_s = time.perf_counter() - t_build
@@ -271,7 +273,7 @@ def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
         "steps": cfg.steps,
         "batches": list(cfg.batches),
         "decode": cfg.decode,
-        "dtype": str(next(setup.model.llm.parameters()).dtype).removeprefix("torch."),
+        "dtype": precision_name(setup.model),
         "top_k": cfg.top_k,
         "doc_tokens": cfg.doc_tokens,
         "forced_lengths": {

@@ -97,15 +97,14 @@ def run(args: argparse.Namespace) -> int:
 def demo_dtype(name: str, device: str | None) -> str:
     """``--dtype`` for the demo models: ``auto`` is ``mixed`` on a CPU with AMX, where it is
     every demo method's fastest setting, and as everywhere else otherwise."""
-    import torch
 
-    from ..model import default_device
+    from ..model import resolve_device
     from ..precision import MIXED, cpu_has_amx
 
     if name != "auto":
         return name
     try:
-        dev = torch.device(device) if device else default_device()
+        dev = resolve_device(device)
     except RuntimeError as e:
         raise ValueError(f"bad --device {device!r}: {e}") from e
     return MIXED if dev.type == "cpu" and cpu_has_amx() else name

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..io_utils import atomic_path
+from ..model import resolve_device
 from ..model_zoo import build_llm, build_tokenizer
 from ..tokens import load_tokenizer
 from .shared_vocab import init_embeddings_from_retriever, retriever_tokenizer
@@ -155,7 +156,7 @@ def build_base_lm(
     model = build_llm(shape, vocab_size=len(tok), seed=seed)
     if retriever:
         init_embeddings_from_retriever(model, tok, retriever)
-    model.to(_device(device))
+    model.to(resolve_device(device))
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
@@ -200,7 +201,7 @@ def continue_pretraining(
 
     base = Path(base)
     tok = load_tokenizer(base)
-    model = AutoModelForCausalLM.from_pretrained(base).to(_device(device))
+    model = AutoModelForCausalLM.from_pretrained(base).to(resolve_device(device))
     texts = list(texts)
     random.Random(seed).shuffle(texts)
     data = pack(tok, texts, seq_len)
@@ -227,10 +228,3 @@ def continue_pretraining(
         info.setdefault("continued", []).append(phase)
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return base
-
-
-def _device(name: str | None) -> torch.device:
-    """``name``, else a GPU if there is one, else the CPU."""
-    from ..model import default_device
-
-    return torch.device(name) if name else default_device()
