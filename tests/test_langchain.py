@@ -474,16 +474,28 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
-def test_a_cancelled_call_stops_its_answer_at_the_next_token(lc_model, vs):
+def test_a_cancelled_call_stops_its_answer_at_the_next_token(lc_model, vs, monkeypatch):
     """The tiny model writes its full 32 answer tokens; cancelled at the first, it writes only
-    the tokens already under way (the worker thread ends the answer; nobody waits for it)."""
+    the tokens already under way (the worker thread ends the answer; nobody waits for it).
+    Each token is paced at 50 ms, so the count does not hang on how fast a busy machine's event
+    loop sees the cancellation."""
     import copy
+    import time
 
     from langchain_core.callbacks import AsyncCallbackHandler
+
+    from latentrag_plugins.langchain import chain as chain_module
 
     model = copy.deepcopy(lc_model)
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
     assert chain.invoke(Q)["output_tokens"] == model.config.max_answer_tokens
+    relay = chain_module._TokenRelay.__call__
+
+    def paced(self: Any, row: int, text: str) -> None:
+        time.sleep(0.05)
+        relay(self, row, text)
+
+    monkeypatch.setattr(chain_module._TokenRelay, "__call__", paced)
 
     class CancelOnFirstToken(AsyncCallbackHandler):
         task: asyncio.Task | None = None
