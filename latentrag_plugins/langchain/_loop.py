@@ -8,8 +8,8 @@ events to the row's callbacks.
 
 Model forward passes hold the model's lock (:func:`~latentrag_plugins.live.model_lock`); in
 :func:`adrive` they run in a worker thread so the event loop stays free, while the store is
-searched with its native async API on the loop. The event loop never waits for that lock: the
-thread holding it may be waiting for the loop (to dispatch its answer tokens).
+searched with its native async API on the loop. The event loop never waits for that lock: a
+wait there would stall every other call on the loop for a whole answer.
 """
 
 from __future__ import annotations

@@ -352,7 +352,8 @@ class _TokenRelay:
         self._loop.call_soon_threadsafe(self._queue, row, text)  # runs in call order
 
     def stop(self) -> None:
-        """End the answer at its next token (the call was cancelled or its stream closed)."""
+        """End the answer at its next token (the call was cancelled or its stream closed); tokens
+        queued but not yet dispatched are dropped."""
         self._stopped = True
 
     def _queue(self, row: int, text: str) -> None:
@@ -361,7 +362,8 @@ class _TokenRelay:
     async def _send(self, before: asyncio.Task[None] | None, row: int, text: str) -> None:
         if before is not None:
             await before
-        await adispatch(TOKEN_EVENT, {"text": text}, self._configs[row])
+        if not self._stopped:  # no token reaches a callback after its call has ended
+            await adispatch(TOKEN_EVENT, {"text": text}, self._configs[row])
 
     async def flush(self) -> None:
         """Wait until every token queued so far has been dispatched (re-raising its error)."""
