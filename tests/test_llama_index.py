@@ -428,6 +428,49 @@ def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
         tokens_out["emit"](0, "more")
 
 
+def test_cancelled_async_query_ends_its_answer(lmodel, index, monkeypatch):
+    """Cancelling a non-streaming ``aquery`` while it answers ends the answer at the worker
+    thread's next token, instead of writing it on under the model lock. Tokens are paced at
+    50 ms, so the count does not hang on a busy machine's event loop."""
+    import copy
+
+    from latentrag_plugins.llama_index import query_engine as engine_module
+
+    model = copy.deepcopy(lmodel)  # its own lock
+    engine = LatentRAGQueryEngine(model=model, index=index)
+    full = engine.query(Q).metadata["output_tokens"]
+    stoppable, written = engine_module._stoppable, []
+    first = threading.Event()
+
+    def paced(put: Any, stopped: threading.Event) -> Any:
+        inner = stoppable(put, stopped)
+
+        def on_token(row: int, text: str) -> None:
+            time.sleep(0.05)
+            inner(row, text)
+            written.append(text)
+            first.set()
+
+        return on_token
+
+    monkeypatch.setattr(engine_module, "_stoppable", paced)
+
+    async def main() -> int:
+        task = asyncio.create_task(engine.aquery(Q))
+        for _ in range(2000):  # up to 10 s
+            if first.is_set():
+                break
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aquery(Q)  # waits for the model lock: the cancelled answer has ended
+        return len(written) - full
+
+    assert full == model.config.max_answer_tokens
+    assert 1 <= asyncio.run(main()) <= 3 < full
+
+
 def test_closed_sync_stream_ends_its_answer(lmodel, index, monkeypatch):
     """Closing a streaming query's token generator early makes the worker thread's next answer
     token end the answer, instead of generating on under the model lock."""

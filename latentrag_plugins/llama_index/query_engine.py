@@ -181,13 +181,19 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             if self.streaming:
                 response: RESPONSE_TYPE = await self._astream(query_bundle)
             else:
+                stopped = threading.Event()  # cancelled: end the answer at its next token
                 plan = self._driver.plan(
                     query_bundle.query_str,
                     dispatcher,
                     generate_answer=True,
                     caller=type(self).__name__,
+                    on_token=_stoppable(lambda _text: None, stopped),
                 )
-                result, state = await self._driver.arun_plan(plan)
+                try:
+                    result, state = await self._driver.arun_plan(plan)
+                except asyncio.CancelledError:
+                    stopped.set()
+                    raise
                 response = Response(_answer(result, state), state.nodes, response_metadata(result))
             event.on_end(payload={EventPayload.RESPONSE: response})
         return response
