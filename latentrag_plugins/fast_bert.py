@@ -16,7 +16,7 @@ from weakref import WeakKeyDictionary
 import torch
 import torch.nn.functional as F
 
-from .packed_linear import apply_linear, linear
+from .packed_linear import apply_linear, linear, plain_module
 
 # attention module -> (its q/k/v parameters' identity and versions, fused weight, fused bias)
 _FUSED: WeakKeyDictionary[Any, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = (
@@ -81,7 +81,7 @@ def _fusable(att: Any) -> bool:
     projs = (att.query, att.key, att.value)
     return all(
         type(p) is torch.nn.Linear
-        and not (p._forward_hooks or p._forward_pre_hooks)
+        and plain_module(p)
         and not (p.weight.is_inference() or p.bias.is_inference())
         for p in projs
     )

@@ -74,8 +74,17 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, else :func:`default_device`."""
-    return torch.device(device) if device else default_device()
+    """``device``, else :func:`default_device`.
+
+    Raises:
+        ValueError: ``device`` names no device torch knows (e.g. ``"gpu"``).
+    """
+    if not device:
+        return default_device()
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"bad device {str(device)!r}: {e}") from e
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -4,10 +4,11 @@ A plain bfloat16 ``F.linear`` on CPU reorders its weight into oneDNN's blocked l
 call. :func:`linear` keeps each weight's packed copy and reuses it, about twice as fast for the
 small products of agent inference (on a 2-core CPU with AMX: a MiniLM projection over 18 tokens
 70 -> 34 µs). The result equals ``F.linear``'s up to the order of the sums: bit for bit with one
-thread, and for the demo LLM's shapes with two (tested); with several threads oneDNN may split a
-long reduction (1,536+ inputs) differently. It applies only to bfloat16 on CPU without autograd,
-where torch was built with oneDNN; everything else is a plain ``F.linear``. Packed copies take
-memory beside the weights, so they stop at :data:`PACKED_BUDGET_BYTES` in all.
+thread (tested); with several, oneDNN may split a sum differently, so the last bits can differ.
+It applies only to bfloat16 on CPU without autograd, where torch was built with oneDNN;
+everything else is a plain ``F.linear``. Packed copies take memory beside the weights, so they
+stop at :data:`PACKED_BUDGET_BYTES` in all, first come first served across models (a warning
+says so once); later weights take the plain ``F.linear``.
 
 A copy is rebuilt when its weight is replaced or updated in place, but a write through
 ``weight.data`` does not show: call :func:`clear` after one (``to_device`` does).
@@ -16,6 +17,7 @@ A copy is rebuilt when its weight is replaced or updated in place, but a write t
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import weakref
 
@@ -30,6 +32,7 @@ _BATCH_HINT = 64  # rows oneDNN tunes the packed layout for
 _PACKED: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor, int]] = {}
 _LOCK = threading.RLock()  # RLock: a weakref callback may run inside a locked section (GC)
 _held = [0]  # bytes of the weights with a packed copy
+log = logging.getLogger(__name__)
 
 
 def linear(
@@ -101,6 +104,7 @@ def _packed(weight: torch.Tensor, immutable: bool) -> torch.Tensor | None:
         if hit is not None and hit[0]() is not weight:
             hit = None  # a dead weight's id, reused before its callback ran
         if hit is None and _held[0] + size > PACKED_BUDGET_BYTES:
+            _warn_budget_once()
             return None
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT)
@@ -109,6 +113,15 @@ def _packed(weight: torch.Tensor, immutable: bool) -> torch.Tensor | None:
             _held[0] += size
         _PACKED[wid] = (ref, key, packed, size)
     return packed
+
+
+@functools.cache
+def _warn_budget_once() -> None:
+    log.warning(
+        "packed bfloat16 weights reached their budget of %d MiB: the weights beyond it run on "
+        "plain F.linear, which repacks them on every call (slower)",
+        PACKED_BUDGET_BYTES >> 20,
+    )
 
 
 def _drop(wid: int, ref: weakref.ref) -> None:

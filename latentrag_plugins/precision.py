@@ -2,8 +2,8 @@
 
 ``--dtype mixed`` keeps the LLM in float32 and adds a bfloat16 twin; the encoder towers run in
 bfloat16. :class:`BatchedContext` runs passes that feed many tokens (retrieved documents, latent
-slots) on the twin and token-by-token passes on the float32 LLM: on CPUs with AMX the first are
-several times faster in bfloat16 and the second slower.
+slots) on the twin and token-by-token passes on the float32 LLM: on CPUs with native bfloat16
+(AMX, AVX512-BF16) the first are several times faster in bfloat16 and the second slower.
 """
 
 from __future__ import annotations
@@ -44,13 +44,28 @@ class WideTwin:
         self._wide = (twin,)
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later), where bfloat16 products
-    of many tokens run several times faster than float32 ones."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively: AMX tiles (Intel Sapphire Rapids and
+    later) or AVX512-BF16 (e.g. AMD Zen 4), where bfloat16 products of many tokens run much
+    faster than float32 ones. (Without either, oneDNN emulates bfloat16, which is slower.)"""
     try:  # torch's own probe (private); it also asks the kernel for AMX state, as matmuls do
-        return bool(torch._C._cpu._init_amx())
+        if torch._C._cpu._init_amx():
+            return True
     except (AttributeError, RuntimeError):  # a torch without the probe, or a failed init
-        return False
+        pass
+    return "avx512_bf16" in _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def precision_name(holder: Any) -> str:

@@ -119,26 +119,26 @@ def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypat
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_demo_auto_dtype_is_mixed_on_cpus_with_amx(monkeypatch):
-    """`latentrag demo` shows each method at its fastest: mixed precision where the CPU has AMX,
+def test_demo_auto_dtype_is_mixed_on_cpus_with_native_bf16(monkeypatch):
+    """`latentrag demo` shows each method at its fastest: mixed precision where the CPU has native bfloat16,
     the usual auto elsewhere; an explicit choice always stands."""
     from latentrag_plugins import precision
     from latentrag_plugins.cli.cmd_demo import demo_dtype
 
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert demo_dtype("auto", "cpu") == "mixed"
     assert demo_dtype("float32", "cpu") == "float32"
     assert demo_dtype("auto", "meta") == "auto"  # not a CPU: auto's own rule
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert demo_dtype("auto", "cpu") == "auto"
-    with pytest.raises(ValueError, match="bad --device 'gpu'"):
+    with pytest.raises(ValueError, match="bad device 'gpu'"):
         demo_dtype("auto", "gpu")
 
 
-def test_cpu_amx_probe_answers_without_raising():
-    from latentrag_plugins.precision import cpu_has_amx
+def test_cpu_bf16_probe_answers_without_raising():
+    from latentrag_plugins.precision import cpu_has_native_bf16
 
-    assert isinstance(cpu_has_amx(), bool)
+    assert isinstance(cpu_has_native_bf16(), bool)
 
 
 def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentrag_plugins import lean_decoder
+from latentrag_plugins import lean_decoder, packed_linear
 from latentrag_plugins.context import BatchedContext
 from latentrag_plugins.model_zoo import build_llm
 
@@ -50,7 +50,11 @@ def test_lean_forward_equals_transformers(shape, extra, dtype):
                 p.normal_(std=0.1)
     llm = llm.to(dtype).eval()
     assert lean_decoder.supports(llm.get_decoder())
+    packed_linear.clear()
     lean, ctx_lean = _run(llm, True)
+    if dtype == torch.bfloat16 and packed_linear._available():  # its products ran packed
+        proj = llm.get_decoder().layers[0].mlp.down_proj.weight
+        assert any(ref() is proj for ref, *_ in packed_linear._PACKED.values())
     ref, ctx_ref = _run(llm, False)
     passes = [f for f in FEEDS if "chunks" in f]
     for i, (f, a, b) in enumerate(zip(passes, lean, ref)):

@@ -112,14 +112,30 @@ def test_autograd_and_other_dtypes_take_plain_f_linear():
 
 
 @needs_packing
-def test_budget_caps_packed_copies(monkeypatch):
+def test_budget_caps_packed_copies(monkeypatch, caplog):
+    """Past the budget weights run unpacked, and a warning says so once."""
     monkeypatch.setattr(packed_linear, "PACKED_BUDGET_BYTES", 0)
+    packed_linear._warn_budget_once.cache_clear()
     layer = _layer()
     x = torch.randn(3, 48).to(torch.bfloat16)
-    with torch.inference_mode():
+    with caplog.at_level("WARNING", logger=packed_linear.__name__), torch.inference_mode():
         got = linear(x, layer.weight, layer.bias)
+        linear(x, layer.weight, layer.bias)
     assert id(layer.weight) not in packed_linear._PACKED
     assert torch.equal(got, F.linear(x, layer.weight, layer.bias).detach())
+    assert [r.message.count("budget") for r in caplog.records] == [1]
+
+
+@needs_packing
+def test_to_device_drops_packed_copies(model):
+    """``to_device`` (which also refreshes the bfloat16 twin) drops every packed copy, so a
+    weight written through ``.data`` before it is never served stale."""
+    m = copy.deepcopy(model).to_device("cpu", torch.float32, torch.bfloat16)
+    with torch.inference_mode():
+        m.latent_query_embedding(torch.randn(1, m.config.n_query, m.llm.config.hidden_size))
+    assert packed_linear._PACKED  # the bfloat16 query tower ran on packed weights
+    m.to_device("cpu", torch.float32, torch.bfloat16)
+    assert not packed_linear._PACKED
 
 
 def test_apply_linear_runs_hooks_and_wrappers():

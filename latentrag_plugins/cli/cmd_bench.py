@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES,
         help="Weights' dtype for every method (default auto: bfloat16 on GPU, float32 on CPU; "
-        "bfloat16 pays off on CPUs with AMX).",
+        "bfloat16 pays off on CPUs with AMX or AVX512-BF16).",
     )  # fmt: skip
     p.add_argument(
         "--threads", type=int, default=None,

@@ -9,7 +9,8 @@ import sys
 from .common import add_device_arg, add_dtype_arg, add_extractive_arg, dtype_kwargs
 
 DEMO_AUTO = (
-    "mixed on CPUs with AMX (the demo models' fastest), else float32 on CPU, bfloat16 on GPU"
+    "mixed on CPUs with native bfloat16, AMX or AVX512-BF16 (the demo models' fastest there), "
+    "else float32 on CPU, bfloat16 on GPU"
 )
 
 
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("question is empty: ask a non-empty question")
     if args.question is not None and args.json:
         raise ValueError("--json reports the test split; leave out --question (or --json)")
+    if args.num_questions < 1 or args.limit < 0:
+        raise ValueError("--num-questions must be >= 1 and --limit >= 0 (0: all)")
     dtype, explicit_dtype = (demo_dtype(d, args.device) for d in (args.dtype, args.explicit_dtype))
     model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(dtype))
     explicit = ExplicitAgent.from_pretrained(
@@ -95,19 +98,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo_dtype(name: str, device: str | None) -> str:
-    """``--dtype`` for the demo models: ``auto`` is ``mixed`` on a CPU with AMX, where it is
-    every demo method's fastest setting, and as everywhere else otherwise."""
+    """``--dtype`` for the demo models: ``auto`` is ``mixed`` on a CPU with native bfloat16
+    (AMX or AVX512-BF16), where it is every demo method's fastest setting, and as everywhere
+    else otherwise."""
 
     from ..model import resolve_device
-    from ..precision import MIXED, cpu_has_amx
+    from ..precision import MIXED, cpu_has_native_bf16
 
     if name != "auto":
         return name
-    try:
-        dev = resolve_device(device)
-    except RuntimeError as e:
-        raise ValueError(f"bad --device {device!r}: {e}") from e
-    return MIXED if dev.type == "cpu" and cpu_has_amx() else name
+    dev = resolve_device(device)
+    return MIXED if dev.type == "cpu" and cpu_has_native_bf16() else name
 
 
 def with_gold(question: str, test):  # noqa: ANN001, ANN201 - evaluation.Question list
