@@ -142,8 +142,9 @@ def test_cpu_bf16_probe_answers_without_raising():
 
 
 def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
-    """Building an index deletes cached indexes unused for 30 days; loading one marks it used;
-    anything not named as a cached index stays, even a store of the user's."""
+    """Building an index deletes cached indexes unused for 30 days, and what interrupted
+    deletes and (day-old) builds left; loading one marks it used; anything not named as the
+    cache names its directories stays, even a store of the user's."""
     import os
 
     from latentrag_plugins.demo import index_cache
@@ -164,6 +165,14 @@ def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
     index_cache.cached_index(model, corpus)  # a load: marks it used, prunes nothing
     assert built.stat().st_mtime > old + 86400 and stale.exists()
     corpus.write_text(json.dumps({"id": "d1", "contents": "City\\nCity lies by the sea."}) + "\n")
+    name = f"index-{'1' * 16}-{'b' * 12}"
+    trash, partial, recent = (cache / n for n in (f".trash-{name}-7", f".{name}.x1", f".{name}.x2"))
+    mine = cache / ".index-mine"
+    for d in (trash, partial, recent, mine):
+        (d / "tmp").mkdir(parents=True)
+    for d in (partial, mine):
+        os.utime(d, (old, old))
     index_cache.cached_index(model, corpus)  # a build: prunes
     assert not stale.exists() and other.exists() and built.exists()
+    assert not trash.exists() and not partial.exists() and recent.exists() and mine.exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]

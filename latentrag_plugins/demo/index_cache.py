@@ -16,6 +16,9 @@ from ..errors import StoreError
 
 UNUSED_DAYS = 30  # a cached index unused this long is deleted when another one is built
 _ENTRY = re.compile(r"index-[0-9a-f]{16}-[0-9a-f]{12}")  # a cached index's name, nothing else
+_TRASH = re.compile(r"\.trash-index-[0-9a-f]{16}-[0-9a-f]{12}-\d+")  # an interrupted delete
+_PARTIAL = re.compile(r"\.index-[0-9a-f]{16}-[0-9a-f]{12}\.[^/]+")  # an interrupted build
+PARTIAL_DAYS = 1  # a build's scratch directory this old was left by a build that stopped
 
 
 def cache_dir() -> Path:
@@ -66,20 +69,36 @@ def _mark_used(path: Path) -> None:
 
 
 def _prune(keep: Path) -> None:
-    """Delete the cached indexes other than ``keep`` unused for :data:`UNUSED_DAYS` days (only
-    directories named as this cache names them)."""
-    cutoff = time.time() - UNUSED_DAYS * 86400
+    """Delete the cached indexes other than ``keep`` unused for :data:`UNUSED_DAYS` days, and
+    what interrupted deletes and builds left (only directories named as this cache names
+    them)."""
+    now = time.time()
     for entry in keep.parent.iterdir():
-        if entry == keep or not _ENTRY.fullmatch(entry.name) or entry.is_symlink():
+        if entry.is_symlink():
             continue
+        if _TRASH.fullmatch(entry.name) or (
+            _PARTIAL.fullmatch(entry.name) and _older(entry, now - PARTIAL_DAYS * 86400)
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if entry == keep or not _ENTRY.fullmatch(entry.name):
+            continue
+        if not _older(entry, now - UNUSED_DAYS * 86400):
+            continue
+        trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}")
         try:
-            if not entry.is_dir() or entry.stat().st_mtime >= cutoff:
-                continue
-            trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}")
             entry.rename(trash)  # gone at once for readers, even if the delete stops halfway
         except OSError:  # removed meanwhile, or not ours to remove
             continue
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _older(entry: Path, cutoff: float) -> bool:
+    """Whether ``entry`` is a directory last modified before ``cutoff`` (False if it is gone)."""
+    try:
+        return entry.is_dir() and entry.stat().st_mtime < cutoff
+    except OSError:
+        return False
 
 
 def _tower_fingerprint(tower: Any) -> str:
