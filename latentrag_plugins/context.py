@@ -7,8 +7,9 @@ Shared by LatentRAG's loop, latent decoding and the explicit-agent baseline.
 
 With a *wide twin* (a copy of the LLM in another dtype, e.g. bfloat16 beside a float32 LLM),
 passes of ``WIDE_FROM`` or more new tokens run on the twin and the rest on the LLM; the cache is
-cast when the dtype changes. On CPUs with native bfloat16 (AMX, AVX512-BF16), bfloat16 makes passes over retrieved documents
-several times faster but token-by-token passes slower, so this mixes the faster of each.
+cast when the dtype changes. On CPUs with native bfloat16 (AMX, AVX512-BF16), bfloat16 makes
+passes over retrieved documents several times faster but token-by-token passes slower, so this
+mixes the faster of each.
 """
 
 from __future__ import annotations

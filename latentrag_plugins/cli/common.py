@@ -56,8 +56,8 @@ def add_dtype_arg(
         flag,
         choices=DTYPES,
         default="auto",
-        help=f"Dtype of {what} (default auto: {auto}; bfloat16 pays off on CPUs with AMX or AVX512-BF16; "
-        "mixed: float32, with passes over many tokens on a bfloat16 copy).",
+        help=f"Dtype of {what} (default auto: {auto}; bfloat16 pays off on CPUs with AMX or "
+        "AVX512-BF16; mixed: float32, with passes over many tokens on a bfloat16 copy).",
     )
 
 
