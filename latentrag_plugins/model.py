@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .baselines.explicit_config import refuse_explicit
 from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
@@ -410,6 +411,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
+        refuse_explicit(root)
         cfg = LatentRAGConfig.load(root / "config.json")
         trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
         tok = _load(
@@ -533,12 +535,18 @@ def load_document_tower(
     device: str | torch.device | None = None,
     trust_remote_code: bool | None = None,
 ) -> EncoderTower:
-    """Load only the frozen document tower of a checkpoint (for indexing, without the LLM);
-    ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
+    """Load only the frozen document tower of a checkpoint, LatentRAG or explicit agent (for
+    indexing, without the LLM); ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
+    from .baselines.explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
     from .demo.assets import resolve_checkpoint
 
     root = resolve_checkpoint(path)
-    cfg = LatentRAGConfig.load(root / "config.json")
+    explicit = root / EXPLICIT_CONFIG_FILE
+    cfg = (
+        ExplicitConfig.load(explicit)
+        if explicit.is_file()
+        else LatentRAGConfig.load(root / "config.json")
+    )
     ret_dir = root / _RETRIEVER_DIR
     source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
     trust = _trust(root, cfg.trust_remote_code, trust_remote_code)

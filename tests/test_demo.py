@@ -176,3 +176,28 @@ def test_index_cache_prunes_long_unused_indexes(model, tmp_path, monkeypatch):
     assert not stale.exists() and other.exists() and built.exists()
     assert not trash.exists() and not partial.exists() and recent.exists() and mine.exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".trash")]
+
+
+def test_demo_names_work_in_ask_and_index(tmp_path, capsys):
+    """``--model demo-explicit`` (and ``demo``) work in ``index`` and ``ask``: ``ask`` runs the
+    explicit agent, whose thoughts are text; where a LatentRAG model is needed, the explicit
+    checkpoint is refused with a message that says what it is."""
+    from latentrag_plugins import LatentRAG
+    from latentrag_plugins.cli.main import main
+    from latentrag_plugins.demo.assets import DEMO_CORPUS
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(DEMO_CORPUS.read_text().splitlines(keepends=True)[:40]))
+    title = json.loads(corpus.read_text().splitlines()[0])["contents"].split("\n")[0]
+    for name in ("demo", "demo-explicit"):
+        assert main(["index", str(corpus), str(tmp_path / name), "--model", name]) == 0
+    capsys.readouterr()
+    question = f"What is known about {title}?"
+    idx = str(tmp_path / "demo-explicit")
+    assert main(["ask", "--model", "demo-explicit", "--index", idx, question, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["answer"] and res["steps"] and all(s["thought"] for s in res["steps"])
+    assert main(["ask", "--model", "demo-explicit", "--index", idx, "--logit-lens", "Q?"]) == 1
+    assert "explicit agent has none" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="holds an explicit agent"):
+        LatentRAG.from_pretrained("demo-explicit")

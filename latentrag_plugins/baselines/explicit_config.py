@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import DEFAULT_RETRIEVER, Pooling, VersionedConfig
+from ..errors import CheckpointError
 
 EXPLICIT_CONFIG_FILE = "explicit_config.json"
+
+
+def refuse_explicit(root: Path) -> None:
+    """Raise a :class:`CheckpointError` that says so when ``root`` holds an explicit agent
+    where a LatentRAG model is needed."""
+    if (root / EXPLICIT_CONFIG_FILE).is_file() and not (root / "config.json").is_file():
+        raise CheckpointError(
+            f"{root} holds an explicit agent ({EXPLICIT_CONFIG_FILE}), not a LatentRAG model: "
+            "load it with ExplicitAgent.from_pretrained (CLI: `latentrag ask` and `latentrag "
+            "index` take it as --model, `latentrag eval` as --baselines explicit:DIR)"
+        )
 
 
 class ExplicitConfig(VersionedConfig):

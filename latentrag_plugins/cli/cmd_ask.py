@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_arg, add_dtype_arg, add_extractive_arg, add_model_arg
+from .common import add_device_arg, add_dtype_arg, add_extractive_arg, add_model_arg, dtype_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ask",
         help="Answer a question with a LatentRAG model over an index.",
-        description="Run the latent reasoning/retrieval loop and print the answer and its steps.",
+        description=(
+            "Run the latent reasoning/retrieval loop and print the answer and its steps. Given "
+            "an explicit agent checkpoint (e.g. --model demo-explicit), run that agent instead: "
+            "its thoughts and subqueries are text already."
+        ),
     )
     p.add_argument("question", help="The question.")
-    add_model_arg(p)
+    add_model_arg(p, what="LatentRAG (or explicit agent) checkpoint directory.")
     p.add_argument("--index", required=True, metavar="DIR", help="FAISS index directory.")
     p.add_argument("--decode", action="store_true", help="Decode latent thoughts and subqueries.")
     p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
-    p.add_argument("--max-steps", type=int, default=None, help="Most retrieval steps.")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="Most retrieval steps (explicit: searches)."
+    )
     p.add_argument("--top-k", type=int, default=None, help="Documents per step.")
     add_extractive_arg(p, "The answer")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
@@ -29,22 +35,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..baselines.explicit import ExplicitAgent, is_explicit_checkpoint
+    from ..demo.assets import resolve_checkpoint
     from .common import load_index, load_model, print_json
 
     if not args.question.strip():
         raise ValueError("question is empty: ask a non-empty question")
-    model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    explicit = is_explicit_checkpoint(resolve_checkpoint(args.model))
+    if explicit and args.logit_lens:
+        raise ValueError("--logit-lens reads latent tokens: an explicit agent has none")
+    if explicit:
+        model = ExplicitAgent.from_pretrained(
+            args.model, device=args.device, trust_remote_code=args.trust_remote_code,
+            **dtype_kwargs(args.dtype),
+        )  # fmt: skip
+    else:
+        model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
     store = load_index(args.index, model)
     if args.extractive:
         model.config.extractive_answers = True
-    res = model.run(
-        args.question,
-        store,
-        decode=args.decode,
-        max_steps=args.max_steps,
-        top_k=args.top_k,
-        logit_lens=args.logit_lens,
-    )
+    if explicit:  # its thoughts are text: --decode changes nothing
+        res = model.run(args.question, store, max_turns=args.max_steps, top_k=args.top_k)
+    else:
+        res = model.run(
+            args.question,
+            store,
+            decode=args.decode,
+            max_steps=args.max_steps,
+            top_k=args.top_k,
+            logit_lens=args.logit_lens,
+        )
     if args.json:
         print_json(res)
         return 0

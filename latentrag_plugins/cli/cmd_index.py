@@ -21,7 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("corpus", metavar="CORPUS.jsonl", help="Corpus JSONL file.")
     p.add_argument("out", metavar="OUT_DIR", help="Index directory to write.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="DIR", help="LatentRAG checkpoint whose tower to use.")
+    src.add_argument(
+        "--model",
+        metavar="DIR",
+        help="LatentRAG or explicit agent checkpoint whose document tower to use (`demo`, "
+        "`demo-explicit`: the shipped demo checkpoints).",
+    )
     src.add_argument("--retriever", help="Retriever id or path (default: all-MiniLM-L6-v2).")
     p.add_argument("--batch-size", type=int, default=64, help="Embedding batch size (default 64).")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON.")

@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
-def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--model DIR``: a LatentRAG checkpoint directory (and ``--trust-remote-code``)."""
+def add_model_arg(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    what: str = "LatentRAG checkpoint directory.",
+) -> None:
+    """``--model DIR``: a checkpoint directory, ``demo`` or ``demo-explicit`` for the shipped
+    ones (and ``--trust-remote-code``)."""
     p.add_argument(
-        "--model", required=required, metavar="DIR", help="LatentRAG checkpoint directory."
+        "--model",
+        required=required,
+        metavar="DIR",
+        help=what[:-1] + " (`demo`, `demo-explicit`: the shipped demo checkpoints).",
     )
     add_trust_arg(p)
 
