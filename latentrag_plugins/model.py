@@ -23,7 +23,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .baselines.explicit_config import refuse_explicit
 from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
@@ -411,6 +410,8 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
+        from .baselines.explicit_config import refuse_explicit
+
         refuse_explicit(root)
         cfg = LatentRAGConfig.load(root / "config.json")
         trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
@@ -538,15 +539,14 @@ def load_document_tower(
     """Load only the frozen document tower of a checkpoint, LatentRAG or explicit agent (for
     indexing, without the LLM); ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
     from .baselines.explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
+    from .baselines.explicit_config import is_explicit_checkpoint as explicit
     from .demo.assets import resolve_checkpoint
 
     root = resolve_checkpoint(path)
-    explicit = root / EXPLICIT_CONFIG_FILE
-    cfg = (
-        ExplicitConfig.load(explicit)
-        if explicit.is_file()
-        else LatentRAGConfig.load(root / "config.json")
-    )
+    if explicit(root):
+        cfg: LatentRAGConfig | ExplicitConfig = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
+    else:
+        cfg = LatentRAGConfig.load(root / "config.json")
     ret_dir = root / _RETRIEVER_DIR
     source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
     trust = _trust(root, cfg.trust_remote_code, trust_remote_code)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ from ..precision import WideTwin
 from ..results import LatentRAGResult, RetrievedDoc
 from ..tokens import add_tag_tokens, encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
-from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
+from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig, is_explicit_checkpoint
 from .explicit_force import ExplicitForce
 from .explicit_loop import explicit_loop
 
@@ -370,11 +369,6 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = resolve_device(device)
         return agent.to_device(dev, dtype or default_dtype(dev), wide_dtype)
-
-
-def is_explicit_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` holds an explicit agent checkpoint (``explicit_config.json``)."""
-    return (Path(path) / EXPLICIT_CONFIG_FILE).is_file()
 
 
 __all__ = ["ExplicitAgent", "ExplicitConfig", "ExplicitForce", "is_explicit_checkpoint"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -13,10 +14,15 @@ from ..errors import CheckpointError
 EXPLICIT_CONFIG_FILE = "explicit_config.json"
 
 
+def is_explicit_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds an explicit agent checkpoint (``explicit_config.json``)."""
+    return (Path(path) / EXPLICIT_CONFIG_FILE).is_file()
+
+
 def refuse_explicit(root: Path) -> None:
     """Raise a :class:`CheckpointError` that says so when ``root`` holds an explicit agent
     where a LatentRAG model is needed."""
-    if (root / EXPLICIT_CONFIG_FILE).is_file() and not (root / "config.json").is_file():
+    if is_explicit_checkpoint(root) and not (root / "config.json").is_file():
         raise CheckpointError(
             f"{root} holds an explicit agent ({EXPLICIT_CONFIG_FILE}), not a LatentRAG model: "
             "load it with ExplicitAgent.from_pretrained (CLI: `latentrag ask` and `latentrag "

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("question", help="The question.")
-    add_model_arg(p, what="LatentRAG (or explicit agent) checkpoint directory.")
+    add_model_arg(p, what="LatentRAG (or explicit agent) checkpoint directory")
     p.add_argument("--index", required=True, metavar="DIR", help="FAISS index directory.")
     p.add_argument("--decode", action="store_true", help="Decode latent thoughts and subqueries.")
     p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
@@ -44,27 +44,19 @@ def run(args: argparse.Namespace) -> int:
     explicit = is_explicit_checkpoint(resolve_checkpoint(args.model))
     if explicit and args.logit_lens:
         raise ValueError("--logit-lens reads latent tokens: an explicit agent has none")
-    if explicit:
+    if explicit:  # its thoughts are text: --decode changes nothing
         model = ExplicitAgent.from_pretrained(
             args.model, device=args.device, trust_remote_code=args.trust_remote_code,
             **dtype_kwargs(args.dtype),
         )  # fmt: skip
+        kwargs = {"max_turns": args.max_steps}
     else:
         model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+        kwargs = {"max_steps": args.max_steps, "decode": args.decode, "logit_lens": args.logit_lens}
     store = load_index(args.index, model)
     if args.extractive:
         model.config.extractive_answers = True
-    if explicit:  # its thoughts are text: --decode changes nothing
-        res = model.run(args.question, store, max_turns=args.max_steps, top_k=args.top_k)
-    else:
-        res = model.run(
-            args.question,
-            store,
-            decode=args.decode,
-            max_steps=args.max_steps,
-            top_k=args.top_k,
-            logit_lens=args.logit_lens,
-        )
+    res = model.run(args.question, store, top_k=args.top_k, **kwargs)
     if args.json:
         print_json(res)
         return 0

@@ -12,7 +12,7 @@ from typing import Any
 def add_model_arg(
     p: argparse.ArgumentParser,
     required: bool = True,
-    what: str = "LatentRAG checkpoint directory.",
+    what: str = "LatentRAG checkpoint directory",
 ) -> None:
     """``--model DIR``: a checkpoint directory, ``demo`` or ``demo-explicit`` for the shipped
     ones (and ``--trust-remote-code``)."""
@@ -20,7 +20,7 @@ def add_model_arg(
         "--model",
         required=required,
         metavar="DIR",
-        help=what[:-1] + " (`demo`, `demo-explicit`: the shipped demo checkpoints).",
+        help=f"{what} (`demo`, `demo-explicit`: the shipped demo checkpoints).",
     )
     add_trust_arg(p)
 
