@@ -23,12 +23,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .checkpoint_files import RETRIEVER_DIR, load_checked, retriever_loadable, trust_remote
 from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
     build_config,
     fit_loaded_budget,
 )
+from .devices import default_dtype, resolve_device, tower_dtype
 from .encoder import (
     DocumentTowerAPI,
     EncoderTower,
@@ -46,12 +48,7 @@ from .tokens import ControlIds, add_control_tokens, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-_LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = (
-    "llm",
-    "llm_adapter",
-    "tokenizer",
-    "retriever",
-)
+_LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR = "llm", "llm_adapter", "tokenizer"
 _QUERY_TOWER_FILE, _ADDED_ROWS_FILE = "query_tower.safetensors", "added_embeddings.safetensors"
 # Entries a LatentRAG checkpoint may hold (a save replaces a directory of only these).
 MODEL_ENTRIES = (
@@ -64,41 +61,8 @@ MODEL_ENTRIES = (
     "proj_think",
     "proj_query",
     _QUERY_TOWER_FILE,
-    _RETRIEVER_DIR,
+    RETRIEVER_DIR,
 )
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, else :func:`default_device`.
-
-    Raises:
-        ValueError: ``device`` names no device torch knows (e.g. ``"gpu"``).
-    """
-    if not device:
-        return default_device()
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"bad device {str(device)!r}: {e}") from e
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, else float32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def tower_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The encoder towers' dtype next to an LLM in ``dtype``: float16 stays float32 on CPU."""
-    if device.type == "cpu" and dtype == torch.float16:
-        return torch.float32
-    return dtype
 
 
 class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
@@ -347,11 +311,9 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             self.proj_query.save(tmp / "proj_query")
             if self.query_tower is not None:
                 save_file(self._query_tower_delta(), str(tmp / _QUERY_TOWER_FILE))
-            if include_retriever or not _loadable(cfg.retriever):
-                self.doc_tower.encoder.save_pretrained(
-                    tmp / _RETRIEVER_DIR, safe_serialization=True
-                )
-                self.doc_tower.tokenizer.save_pretrained(tmp / _RETRIEVER_DIR)
+            if include_retriever or not retriever_loadable(cfg.retriever):
+                self.doc_tower.encoder.save_pretrained(tmp / RETRIEVER_DIR, safe_serialization=True)
+                self.doc_tower.tokenizer.save_pretrained(tmp / RETRIEVER_DIR)
             cfg.save(tmp / "config.json")
 
     def _query_tower_delta(self) -> dict[str, torch.Tensor]:
@@ -414,14 +376,14 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
 
         refuse_explicit(root)
         cfg = LatentRAGConfig.load(root / "config.json")
-        trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
-        tok = _load(
+        trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
+        tok = load_checked(
             root / _TOKENIZER_DIR,
             "tokenizer",
             lambda p: load_tokenizer(p, trust),
         )
         llm = cls._load_llm(root, cfg, tok, trust)
-        ret_dir = root / _RETRIEVER_DIR
+        ret_dir = root / RETRIEVER_DIR
         if ret_dir.is_dir():
             enc, enc_tok, _ = load_encoder(str(ret_dir), trust_remote_code=trust)
         else:
@@ -430,7 +392,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         query_tower = None
         if cfg.pretrained_query_tower:
             query_tower = copy.deepcopy(doc_tower)
-            delta = _load(root / _QUERY_TOWER_FILE, "query tower", load_file)
+            delta = load_checked(root / _QUERY_TOWER_FILE, "query tower", load_file)
             try:
                 missing = query_tower.encoder.load_state_dict(delta, strict=False).unexpected_keys
             except RuntimeError as exc:
@@ -468,7 +430,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
             for name in ("adapter_config.json", "adapter_model.safetensors"):
                 if not (adapter / name).is_file():  # never PEFT's pickle fallback (.bin)
                     raise CheckpointError(f"{adapter / name}: missing LoRA adapter file")
-            rows = _load(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
+            rows = load_checked(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
             base = _load_base(cfg.base_model, trust, rows["input"].dtype)
             if (
                 len(tok) > base.get_input_embeddings().weight.shape[0]
@@ -480,9 +442,11 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
                 if "output" in rows:
                     weight = base.get_output_embeddings().weight
                     weight[rows["ids"]] = rows["output"].to(weight.dtype)
-            llm = _load(adapter, "LoRA adapter", lambda p: peft.PeftModel.from_pretrained(base, p))
+            llm = load_checked(
+                adapter, "LoRA adapter", lambda p: peft.PeftModel.from_pretrained(base, p)
+            )
             return llm.merge_and_unload()
-        return _load(
+        return load_checked(
             root / _LLM_DIR,
             "LLM",
             lambda p: AutoModelForCausalLM.from_pretrained(
@@ -506,78 +470,3 @@ def _load_base(base_model: str, trust: bool, dtype: torch.dtype) -> PreTrainedMo
 
 def _is_peft(llm: nn.Module) -> bool:
     return hasattr(llm, "peft_config") and hasattr(llm, "get_base_model")
-
-
-def _loadable(retriever_id: str) -> bool:
-    """Whether a retriever id loads again without the checkpoint, from any working directory:
-    the default MiniLM, an absolute local path or a hub id (a relative path is bundled)."""
-    from .encoder import resolve_retriever
-
-    if Path(retriever_id).is_dir():
-        return Path(retriever_id).is_absolute()
-    return Path(resolve_retriever(retriever_id)).is_dir() or "/" in retriever_id
-
-
-def _load(path: Path, what: str, loader: Any) -> Any:
-    """Run ``loader(path)``; a missing or unreadable file raises CheckpointError naming it."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing {what} file(s)")
-    try:
-        return loader(str(path))
-    except CheckpointError:
-        raise
-    except Exception as exc:  # transformers/safetensors raise many types on corrupt files
-        raise CheckpointError(f"{path}: could not load {what}: {exc}") from None
-
-
-def load_document_tower(
-    path: str | os.PathLike[str],
-    *,
-    device: str | torch.device | None = None,
-    trust_remote_code: bool | None = None,
-) -> EncoderTower:
-    """Load only the frozen document tower of a checkpoint, LatentRAG or explicit agent (for
-    indexing, without the LLM); ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
-    from .baselines.explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
-    from .baselines.explicit_config import is_explicit_checkpoint as explicit
-    from .demo.assets import resolve_checkpoint
-
-    root = resolve_checkpoint(path)
-    if explicit(root):
-        cfg: LatentRAGConfig | ExplicitConfig = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
-    else:
-        cfg = LatentRAGConfig.load(root / "config.json")
-    ret_dir = root / _RETRIEVER_DIR
-    source = str(ret_dir) if ret_dir.is_dir() else cfg.retriever
-    trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
-    enc, tok, _ = load_encoder(source, trust_remote_code=trust)
-    tower = EncoderTower.from_config(enc, tok, cfg)
-    return tower.to(resolve_device(device)).eval()
-
-
-def retriever_tower(
-    name: str, *, device: str | torch.device | None = None, trust_remote_code: bool = False
-) -> EncoderTower:
-    """Load a retriever by id or path as a document tower, with pooling detected from it."""
-    enc, tok, path = load_encoder(name, trust_remote_code=trust_remote_code)
-    pooling, instruction = detect_pooling(path, enc)
-    tower = EncoderTower(
-        enc,
-        tok,
-        pooling=pooling,
-        query_instruction=instruction,
-        encoder_id=canonical_retriever_id(name),
-    )
-    return tower.to(resolve_device(device)).eval()
-
-
-def _trust(root: Path, recorded: bool, asked: bool | None) -> bool:
-    """Whether to run custom model code: only when the caller asks (DESIGN §5); a checkpoint
-    made with it only gets a warning saying how to ask."""
-    if recorded and not asked:
-        log.warning(
-            "%s was made with trust_remote_code=True; its custom model code is not run unless "
-            "you pass trust_remote_code=True (CLI: --trust-remote-code) for a source you trust",
-            root,
-        )
-    return bool(asked)

@@ -474,6 +474,24 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
+def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[str]]:
+    """Make each async call's worker write an answer token every ``seconds``; the returned dict
+    fills with the tokens each call's relay took, in call order."""
+    import time
+
+    from latentrag_plugins.langchain import chain as chain_module
+
+    relay, written = chain_module._TokenRelay.__call__, {}
+
+    def paced(self: Any, row: int, text: str) -> None:
+        time.sleep(seconds)
+        relay(self, row, text)
+        written.setdefault(self, []).append(text)
+
+    monkeypatch.setattr(chain_module._TokenRelay, "__call__", paced)
+    return written
+
+
 @pytest.mark.parametrize("slow_handler", [False, True])
 def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     lc_model, vs, monkeypatch, slow_handler
@@ -484,23 +502,13 @@ def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     cancel and later tokens were queued. Each token is paced at 50 ms, so the count does not
     hang on how fast a busy machine's event loop sees the cancellation."""
     import copy
-    import time
 
     from langchain_core.callbacks import AsyncCallbackHandler
-
-    from latentrag_plugins.langchain import chain as chain_module
 
     model = copy.deepcopy(lc_model)
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
     assert chain.invoke(Q)["output_tokens"] == model.config.max_answer_tokens
-    relay, written = chain_module._TokenRelay.__call__, {}  # relay: the tokens it took
-
-    def paced(self: Any, row: int, text: str) -> None:
-        time.sleep(0.05)
-        relay(self, row, text)
-        written.setdefault(self, []).append(text)
-
-    monkeypatch.setattr(chain_module._TokenRelay, "__call__", paced)
+    written = _pace_tokens(monkeypatch, 0.05)
 
     class CancelOnFirstToken(AsyncCallbackHandler):
         task: asyncio.Task | None = None
@@ -531,6 +539,54 @@ def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     assert 1 <= len(cancelled) <= (12 if slow_handler else 3)
     assert len(after) == model.config.max_answer_tokens
     assert handler.tokens >= 1 and handler.late == 0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_raising_token_handler_fails_the_call_and_ends_its_answer(
+    lc_model, vs, monkeypatch, streamed
+):
+    """A handler with ``raise_error`` that raises on an answer token fails the async call with
+    its own error, the answer ends at the next token rather than running to its end, and the
+    model serves the next call. Tokens are paced at 20 ms, so a fast worker cannot finish the
+    answer before the event loop has seen the error."""
+    import copy
+
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    model = copy.deepcopy(lc_model)
+    chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
+    written = _pace_tokens(monkeypatch, 0.02)
+
+    class Boom(RuntimeError):
+        pass
+
+    class RaiseOnSecondToken(AsyncCallbackHandler):
+        raise_error = True
+        tokens = 0
+
+        async def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            if name == TOKEN:
+                self.tokens += 1
+                if self.tokens == 2:
+                    raise Boom("handler failed")
+
+    handler = RaiseOnSecondToken()
+
+    async def main() -> str:
+        config = {"callbacks": [handler]}
+        with pytest.raises(Boom):
+            if streamed:
+                async for _ in chain.astream(Q, config):
+                    pass
+            else:
+                await chain.ainvoke(Q, config)
+        return (await chain.ainvoke(Q))["answer"]
+
+    after = _finishes(main)
+    failed, next_call = written.values()  # in call order
+    assert handler.tokens == 2 and 2 <= len(failed) <= 8
+    assert len(next_call) == model.config.max_answer_tokens
+    assert after == chain.invoke(Q)["answer"]
 
 
 def test_many_concurrent_calls_with_plain_handlers_stream_every_token_in_order(lc_model, vs):

@@ -179,6 +179,7 @@ def test_loading_in_bf16_on_cpu_moves_the_towers_too(saved, store, force):
 
 def test_a_checkpoint_cannot_turn_on_remote_code_itself(saved, tmp_path, monkeypatch, caplog):
     """DESIGN §5: custom model code runs only when the caller asks, whatever the config says."""
+    import latentrag_plugins.checkpoint_files as files_mod
     import latentrag_plugins.encoder as encoder_mod
     import latentrag_plugins.model as model_mod
 
@@ -199,9 +200,10 @@ def test_a_checkpoint_cannot_turn_on_remote_code_itself(saved, tmp_path, monkeyp
 
     monkeypatch.setattr(model_mod, "load_tokenizer", tok)
     monkeypatch.setattr(model_mod, "load_encoder", enc)
+    monkeypatch.setattr(files_mod, "load_encoder", enc)
     with caplog.at_level("WARNING"):
         LatentRAG.from_pretrained(ckpt, device="cpu")
-        model_mod.load_document_tower(ckpt, device="cpu")
+        files_mod.load_document_tower(ckpt, device="cpu")
     assert seen and not any(seen)
     assert "--trust-remote-code" in caplog.text
     seen.clear()
@@ -254,13 +256,13 @@ def test_control_rows_start_from_descriptive_words_even_in_a_padded_vocabulary(p
 def test_a_relative_retriever_path_is_bundled(tmp_path, monkeypatch):
     """A checkpoint must load from any working directory: a retriever given as a relative path
     is saved inside it; the default MiniLM, absolute paths and hub ids are not."""
+    from latentrag_plugins.checkpoint_files import retriever_loadable
     from latentrag_plugins.config import DEFAULT_RETRIEVER
-    from latentrag_plugins.model import _loadable
 
     (tmp_path / "enc").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert not _loadable("enc") and _loadable(str(tmp_path / "enc"))
-    assert _loadable(DEFAULT_RETRIEVER) and _loadable("BAAI/bge-small-en-v1.5")
+    assert not retriever_loadable("enc") and retriever_loadable(str(tmp_path / "enc"))
+    assert retriever_loadable(DEFAULT_RETRIEVER) and retriever_loadable("BAAI/bge-small-en-v1.5")
 
 
 def test_last_token_texts_end_with_the_token_the_latent_path_pools_at(tokenizer):

@@ -123,7 +123,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
             **config: Any :class:`ExplicitConfig` field (``top_k``, ``max_turns``, ...).
         """
-        from ..model import default_dtype, resolve_device
+        from ..devices import default_dtype, resolve_device
 
         ExplicitConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
@@ -177,7 +177,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         """Move to ``device``; the LLM and tower take ``dtype`` (tower: float32 for float16 on
         CPU). With ``wide_dtype``, passes over many tokens run on a copy of the LLM in that
         dtype, and the tower takes it (:mod:`latentrag_plugins.precision`)."""
-        from ..model import default_dtype, tower_dtype
+        from ..devices import default_dtype, tower_dtype
 
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
@@ -309,13 +309,13 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         Layout: ``explicit_config.json``, ``llm/``, ``tokenizer/`` and, with
         ``include_retriever`` or an in-memory retriever, ``retriever/``.
         """
-        from ..model import _loadable
+        from ..checkpoint_files import retriever_loadable
 
         with atomic_path(path, owned=EXPLICIT_ENTRIES) as tmp:
             tmp.mkdir()
             self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)
             self.llm.save_pretrained(tmp / _LLM_DIR, safe_serialization=True)
-            if include_retriever or not _loadable(self.config.retriever):
+            if include_retriever or not retriever_loadable(self.config.retriever):
                 self.doc_tower.encoder.save_pretrained(
                     tmp / _RETRIEVER_DIR, safe_serialization=True
                 )
@@ -338,20 +338,21 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
         """
+        from ..checkpoint_files import load_checked, trust_remote
         from ..demo.assets import resolve_checkpoint
-        from ..model import _load, _trust, default_dtype, resolve_device
+        from ..devices import default_dtype, resolve_device
 
         root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
         cfg = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
-        trust = _trust(root, cfg.trust_remote_code, trust_remote_code)
-        tok = _load(
+        trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
+        tok = load_checked(
             root / _TOKENIZER_DIR,
             "tokenizer",
             lambda p: load_tokenizer(p, trust),
         )
-        llm = _load(
+        llm = load_checked(
             root / _LLM_DIR,
             "LLM",
             lambda p: AutoModelForCausalLM.from_pretrained(

@@ -102,7 +102,8 @@ def build(cfg: BenchConfig) -> Setup:
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
-    from ..model import LatentRAG, default_dtype, resolve_device
+    from ..devices import default_dtype, resolve_device
+    from ..model import LatentRAG
     from ..model_zoo import LLM_SHAPES, build_encoder, build_llm, build_tokenizer
 
     if cfg.shape not in LLM_SHAPES:

@@ -102,7 +102,7 @@ def demo_dtype(name: str, device: str | None) -> str:
     (AMX or AVX512-BF16), where it is every demo method's fastest setting, and as everywhere
     else otherwise."""
 
-    from ..model import resolve_device
+    from ..devices import resolve_device
     from ..precision import MIXED, cpu_has_native_bf16
 
     if name != "auto":

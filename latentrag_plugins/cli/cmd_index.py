@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import load_document_tower, retriever_tower
+    from ..checkpoint_files import load_document_tower, retriever_tower
     from ..store.corpus import iter_corpus
     from ..store.faiss_store import FaissStore
     from .common import print_json

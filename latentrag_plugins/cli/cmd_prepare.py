@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import load_document_tower
+    from ..checkpoint_files import load_document_tower
     from ..store.faiss_store import FaissStore
     from ..training.preparation import prepare
     from ..training.trajectories import read_trajectories

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..devices import resolve_device
 from ..io_utils import atomic_path
-from ..model import resolve_device
 from ..model_zoo import build_llm, build_tokenizer
 from ..tokens import load_tokenizer
 from .shared_vocab import init_embeddings_from_retriever, retriever_tokenizer

@@ -166,6 +166,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         except asyncio.CancelledError:
             tokens.stop()
             raise
+        except GenerationStopped:
+            await tokens.flush()  # the handler error that ended the answers, not this one
+            raise
         await tokens.flush()
         return [self._output(r, h) for r, h in zip(out.results, out.hits)]
 
@@ -316,6 +319,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
                     await adispatch(item[1], item[2], config)
                     if (chunk := _step_chunk(item[1], item[2], texts)) is not None:
                         yield chunk
+        except GenerationStopped:
+            await tokens.flush()  # the handler error that ended the answer, not this one
+            raise
         finally:
             tokens.stop()  # a no-op once the answer is done
 
@@ -338,7 +344,8 @@ class _TokenRelay:
     token as ``latentrag_token`` on the event loop, in order, without waiting there. (Waiting
     deadlocked: a plain callback handler runs in the loop's default thread pool, which the
     worker threads queued on the model lock could fill.) Await :meth:`flush` before anything
-    that must follow the tokens."""
+    that must follow the tokens. A handler that raises (``raise_error``) ends the answers at
+    their next token, and :meth:`flush` re-raises its error."""
 
     def __init__(self, configs: list[RunnableConfig]) -> None:
         self._loop = asyncio.get_running_loop()
@@ -362,8 +369,13 @@ class _TokenRelay:
     async def _send(self, before: asyncio.Task[None] | None, row: int, text: str) -> None:
         if before is not None:
             await before
-        if not self._stopped:  # no token reaches a callback after its call has ended
+        if self._stopped:  # no token reaches a callback after its call has ended
+            return
+        try:
             await adispatch(TOKEN_EVENT, {"text": text}, self._configs[row])
+        except BaseException:
+            self._stopped = True  # a handler raised: end the answers now (flush re-raises)
+            raise
 
     async def flush(self) -> None:
         """Wait until every token queued so far has been dispatched (re-raising its error)."""

@@ -26,7 +26,7 @@ def document_tower(model: Any) -> EncoderTower:
     A path loads only the tower (no LLM), so indexing stays cheap.
     """
     if isinstance(model, (str, os.PathLike)):
-        from ..model import load_document_tower
+        from ..checkpoint_files import load_document_tower
 
         return load_document_tower(model)
     tower = getattr(model, "doc_tower", model)

@@ -65,7 +65,7 @@ def prepare(
 
     Args:
         tower: The frozen document tower (``encoder_id``, ``dim``, ``embed_texts``), e.g.
-            ``model.doc_tower`` or :func:`latentrag_plugins.model.load_document_tower`.
+            ``model.doc_tower`` or :func:`latentrag_plugins.checkpoint_files.load_document_tower`.
         store: The index over the corpus, built with ``tower`` (checked).
         trajectories: Validated trajectories.
         top_n: Pseudo-relevant documents per subquery (paper: 16; capped at the store size).

@@ -27,7 +27,7 @@ def minilm_search_fn(
         docs: The corpus, ``{"id","contents"}`` rows.
         device: Where to embed (default: CUDA when available, else CPU).
     """
-    from ..model import retriever_tower
+    from ..checkpoint_files import retriever_tower
     from ..store.faiss_store import FaissStore
 
     tower = retriever_tower(DEFAULT_RETRIEVER, device=device)
