@@ -386,26 +386,40 @@ def test_query_engine_response_streaming_and_async(lmodel, index, collect):
 
 
 def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
-    """Cancelling an async streaming query before its answer starts, or closing its stream
-    early, cancels the loop task (instead of letting it generate on, holding the model lock)."""
+    """Cancelling an async streaming query before its answer starts cancels its store search in
+    progress, and closing its stream early ends the answer at its next token: the worker thread
+    stops instead of going on and on, holding the model lock."""
+    from llama_index.core.schema import QueryBundle
+
     engine = LatentRAGQueryEngine(model=lmodel, index=index, streaming=True)
-    tokens_out: dict[str, Any] = {}
-    cancelled: list[bool] = []
+    emit: dict[str, Any] = {}
+    outcome: list[str] = []
 
     def plan(*args: Any, on_token: Any, **kwargs: Any) -> None:
-        tokens_out["emit"] = on_token
+        emit["token"] = on_token
 
-    async def run_plan(plan: Any, answer: bool) -> None:
+    async def hang(bundle: Any) -> None:
         try:
-            if answer:
-                tokens_out["emit"](0, "Warsaw")
-            await asyncio.Event().wait()  # a loop that would go on and on
+            await asyncio.Event().wait()  # a search that would never end
         except asyncio.CancelledError:
-            cancelled.append(True)
+            outcome.append("search cancelled")
+            raise
+
+    def run_plan(plan: Any, search: Any, answer: bool) -> None:
+        try:
+            if not answer:
+                search(QueryBundle(Q))
+            while True:  # an answer that would never end
+                emit["token"](0, "Warsaw")
+                time.sleep(0.01)
+        except GenerationStopped:
+            outcome.append("answer stopped")
+        except BaseException:
+            outcome.append("search failed")
             raise
 
     async def main(answer: bool) -> None:
-        monkeypatch.setattr(engine._driver, "arun_plan", lambda p: run_plan(p, answer))
+        monkeypatch.setattr(engine._driver, "run_plan", lambda p, s: run_plan(p, s, answer))
         if answer:
             stream = (await engine.aquery(Q)).async_response_gen()
             assert await anext(stream) == "Warsaw"
@@ -416,16 +430,48 @@ def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        await asyncio.sleep(0.05)
-        assert cancelled == [True], answer  # now, not when asyncio.run cancels what is left
+        for _ in range(100):
+            if len(outcome) == 1 + (not answer):
+                break
+            await asyncio.sleep(0.01)
 
     monkeypatch.setattr(engine._driver, "plan", plan)
-    for answer in (False, True):
-        cancelled.clear()
-        asyncio.run(main(answer))
-    # the worker thread's next answer token ends the answer: nobody waits for it any more
-    with pytest.raises(GenerationStopped):
-        tokens_out["emit"](0, "more")
+    monkeypatch.setattr(engine._driver.vector_retriever, "aretrieve", hang)
+    asyncio.run(main(answer=False))
+    assert sorted(outcome) == ["search cancelled", "search failed"]  # in either order
+    outcome.clear()
+    asyncio.run(main(answer=True))
+    assert outcome == ["answer stopped"]
+
+
+def test_an_async_stream_reads_without_its_event_loop(lmodel, index):
+    """LlamaIndex's ``str()`` of an async streaming response reads it on a new event loop in
+    another thread while the caller's loop waits (``QueryEngineTool`` does so): the answer must
+    not need the caller's loop, nor a loop that has closed."""
+    plain = LatentRAGQueryEngine(model=lmodel, index=index, max_steps=1)
+    engine = LatentRAGQueryEngine(model=lmodel, index=index, max_steps=1, streaming=True)
+    want = plain.query(Q).response
+
+    async def in_loop() -> str:
+        return str(await engine.aquery(Q))
+
+    assert _finishes_within(lambda: asyncio.run(in_loop())) == want
+    assert str(asyncio.run(engine.aquery(Q))) == want  # read after its loop has closed
+    tool = QueryEngineTool.from_defaults(engine, name="kb", description="Knowledge base.")
+    agent = FunctionAgent(tools=[tool], llm=_function_llm("kb"))
+    events, out = _run(lambda: agent.run(user_msg=Q))
+    (result,) = [e for e in events if isinstance(e, ToolCallResult)]
+    assert result.tool_output.content == want and str(out) == f"Final: {want}"
+
+
+def _finishes_within(fn: Any, seconds: float = 60) -> Any:
+    """``fn()`` in a thread; fail (instead of hanging) if it deadlocks."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "deadlocked"
+    return out["value"]
 
 
 def test_cancelled_async_query_ends_its_answer(lmodel, index, monkeypatch):
@@ -481,7 +527,7 @@ def test_closed_sync_stream_ends_its_answer(lmodel, index, monkeypatch):
     def plan(*args: Any, on_token: Any, **kwargs: Any) -> Any:
         plans["emit"] = on_token
 
-    def run_plan(plan: Any) -> None:
+    def run_plan(plan: Any, search: Any = None) -> None:
         plans["emit"](0, "Warsaw")
         closed.wait(10)
         try:
@@ -543,8 +589,11 @@ def test_query_engine_tool_in_function_agent(lmodel, index, collect):
     assert [type(e).__name__ for e in collect.events] == ["LatentStepEvent"] * 2
 
 
-def test_as_tool_streams_thoughts_to_react_agent(lmodel, index):
-    engine = LatentRAGQueryEngine(model=lmodel, index=index, max_steps=1, decode=True)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_as_tool_streams_thoughts_to_react_agent(lmodel, index, streaming):
+    engine = LatentRAGQueryEngine(
+        model=lmodel, index=index, max_steps=1, decode=True, streaming=streaming
+    )
     calls = []
 
     def script(messages, **kwargs):
@@ -628,10 +677,13 @@ def test_async_paths_search_the_store_asynchronously(lmodel, nodes, embed):
         t = asyncio.create_task(ticker())
         got = await LatentRAGRetriever(model=lmodel, index=idx, max_steps=2).aretrieve(Q)
         resp = await LatentRAGQueryEngine(model=lmodel, index=idx, max_steps=2).aquery(Q)
+        engine = LatentRAGQueryEngine(model=lmodel, index=idx, max_steps=2, streaming=True)
+        streamed = await (await engine.aquery(Q)).get_response()
         done.set()
         await t
-        return got, resp
+        return got, resp, streamed
 
     with ForceActions(lmodel, "retrieve"):
-        got, resp = asyncio.run(main())
+        got, resp, streamed = asyncio.run(main())
     assert got and resp.source_nodes and ticks > 50  # the event loop ran during the searches
+    assert streamed.response == resp.response and streamed.source_nodes

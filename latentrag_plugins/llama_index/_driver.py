@@ -4,8 +4,8 @@ The loop itself is :func:`latentrag_plugins.inference.latent_loop`. :meth:`Laten
 it in a second generator that yields *effects*: :class:`Compute` (model forward passes) and
 :class:`Search` (a ``QueryBundle`` for the index's vector retriever). The sync runner executes them
 in place; the async runner moves model work to a worker thread and awaits ``aretrieve``. Events are
-emitted by the plan itself, so in the async runner they fire on the event-loop thread, inside the
-caller's span.
+emitted by the plan itself, inside the caller's span: in the async runner on the event-loop
+thread, in a streaming engine's worker thread there.
 """
 
 from __future__ import annotations
@@ -260,8 +260,14 @@ class LatentDriver:
             f"{type(exc).__name__}: {exc}"
         )
 
-    def run_plan(self, plan: Generator) -> tuple[LatentRAGResult, RunState]:
-        """Execute a plan synchronously."""
+    def run_plan(
+        self,
+        plan: Generator,
+        search: Callable[[QueryBundle], list[NodeWithScore]] | None = None,
+    ) -> tuple[LatentRAGResult, RunState]:
+        """Execute a plan synchronously; ``search`` (default: the vector retriever's sync
+        ``retrieve``) runs its searches."""
+        search = search or self.vector_retriever.retrieve
         try:
             effect = next(plan)
             while True:
@@ -269,7 +275,7 @@ class LatentDriver:
                     value = self._compute(effect)
                 else:
                     try:
-                        value = self.vector_retriever.retrieve(effect.bundle)
+                        value = search(effect.bundle)
                     except Exception as exc:
                         raise self._search_error(effect, exc) from exc
                 effect = plan.send(value)

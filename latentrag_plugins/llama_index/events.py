@@ -15,6 +15,7 @@ also written to a workflow ``Context``'s event stream as a :class:`LatentStepStr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
@@ -130,18 +131,37 @@ def stream_events_to(ctx: Any) -> Iterator[None]:
     Args:
         ctx: A workflow ``Context`` (anything with ``write_event_to_stream(event)``).
     """
-    token = _sink.set(ctx.write_event_to_stream)
+    token = _sink.set(_on_loop_of_caller(ctx.write_event_to_stream))
     try:
         yield
     finally:
         _sink.reset(token)
 
 
-def emit(dispatcher: Dispatcher, event: LatentStepEvent | LatentThoughtEvent) -> None:
-    """Dispatch ``event`` (inside the caller's span) and forward it to the active stream, if any.
+def _on_loop_of_caller(write: Callable[[Event], None]) -> Callable[[Event], None]:
+    """``write``, called on the event loop running now (if any) from whichever thread calls it:
+    a workflow's event stream is not thread-safe, and a streaming engine's worker thread emits."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return write
 
-    Call it from the thread that runs the workflow's event loop when a stream is active.
-    """
+    def on_loop(event: Event) -> None:
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            write(event)
+        else:
+            loop.call_soon_threadsafe(write, event)
+
+    return on_loop
+
+
+def emit(dispatcher: Dispatcher, event: LatentStepEvent | LatentThoughtEvent) -> None:
+    """Dispatch ``event`` (inside the caller's span) and forward it to the active stream, if any
+    (on the stream's event loop)."""
     dispatcher.event(event)
     sink = _sink.get()
     if sink is not None:

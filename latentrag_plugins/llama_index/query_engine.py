@@ -4,12 +4,15 @@ with LatentRAG over a ``VectorStoreIndex``, optionally streaming the answer."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import contextvars
 import math
 import os
 import queue
 import threading
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -203,23 +206,8 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         stopped = threading.Event()
         state = RunState()
-        plan = self._driver.plan(
-            query_bundle.query_str,
-            dispatcher,
-            generate_answer=True,
-            caller=type(self).__name__,
-            state=state,
-            on_token=_stoppable(lambda text: items.put(("token", text)), stopped),
-        )
-
-        def work() -> None:
-            try:
-                items.put(("done", self._driver.run_plan(plan)))
-            except BaseException as exc:  # handed to the consumer
-                items.put(("error", exc))
-
-        run = contextvars.copy_context().run  # keeps the query span for the events
-        threading.Thread(target=run, args=(work,), name="latentrag-stream", daemon=True).start()
+        plan = self._stream_plan(query_bundle, state, items.put, stopped)
+        self._start(plan, items.put)
         first = items.get()
         if first[0] == "error":
             raise first[1]
@@ -241,35 +229,30 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         return StreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
 
     async def _astream(self, query_bundle: QueryBundle) -> AsyncStreamingResponse:
-        """Run the loop as a task; return once the answer starts (all nodes known)."""
+        """Run the loop in a worker thread that searches the store with its async API on this
+        event loop; return once the answer starts (all nodes known). The answer's tokens need no
+        event loop, so the response reads on any (LlamaIndex's ``str()`` of it reads on a new one
+        in another thread while this one waits)."""
         loop = asyncio.get_running_loop()
-        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        items = _Handoff()
         stopped = threading.Event()
-        put = _stoppable(
-            lambda text: loop.call_soon_threadsafe(items.put_nowait, ("token", text)), stopped
-        )
+        searching: list[concurrent.futures.Future[list[NodeWithScore]]] = []
+
+        def search(bundle: QueryBundle) -> list[NodeWithScore]:
+            if stopped.is_set():
+                raise GenerationStopped("the caller stopped waiting for this answer")
+            aretrieve = self._driver.vector_retriever.aretrieve(bundle)
+            searching[:] = [asyncio.run_coroutine_threadsafe(aretrieve, loop)]
+            return searching[0].result()
+
         state = RunState()
-        plan = self._driver.plan(
-            query_bundle.query_str,
-            dispatcher,
-            generate_answer=True,
-            caller=type(self).__name__,
-            state=state,
-            on_token=put,
-        )
-
-        async def work() -> None:
-            try:
-                items.put_nowait(("done", await self._driver.arun_plan(plan)))
-            except Exception as exc:  # handed to the consumer
-                items.put_nowait(("error", exc))
-
-        task = asyncio.create_task(work())  # copies the context: events stay in the query span
+        self._start(self._stream_plan(query_bundle, state, items.put, stopped), items.put, search)
         try:
             first = await items.get()
-        except asyncio.CancelledError:  # the caller gave up: so does the loop
-            stopped.set()
-            task.cancel()
+        except asyncio.CancelledError:  # the caller gave up: so does the loop, at its next search
+            stopped.set()  # or answer token
+            for pending in searching:
+                pending.cancel()
             raise
         if first[0] == "error":
             raise first[1]
@@ -285,11 +268,41 @@ class LatentRAGQueryEngine(BaseQueryEngine):
                     if end:
                         return
                     item = await items.get()
-            finally:  # the consumer stopped early (closed, cancelled): stop the loop too
-                stopped.set()  # and the answer, at its next token
-                task.cancel()
+            finally:  # the consumer stopped early (closed, cancelled): end the answer at its
+                stopped.set()  # next token
 
         return AsyncStreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
+
+    def _stream_plan(
+        self, query_bundle: QueryBundle, state: RunState, put: Any, stopped: threading.Event
+    ) -> Generator:
+        """The plan of a streamed answer: its tokens go to ``put`` as ``("token", text)``."""
+        return self._driver.plan(
+            query_bundle.query_str,
+            dispatcher,
+            generate_answer=True,
+            caller=type(self).__name__,
+            state=state,
+            on_token=_stoppable(lambda text: put(("token", text)), stopped),
+        )
+
+    def _start(
+        self,
+        plan: Generator,
+        put: Any,
+        search: Callable[[QueryBundle], list[NodeWithScore]] | None = None,
+    ) -> None:
+        """Run ``plan`` in a worker thread, inside the current span; its outcome goes to ``put``
+        as ``("done", (result, state))`` or ``("error", exception)``."""
+
+        def work() -> None:
+            try:
+                put(("done", self._driver.run_plan(plan, search)))
+            except BaseException as exc:  # handed to the consumer
+                put(("error", exc))
+
+        run = contextvars.copy_context().run  # keeps the query span for the events
+        threading.Thread(target=run, args=(work,), name="latentrag-stream", daemon=True).start()
 
     # ------------------------------------------------------------------------------ agent tool
     def as_tool(
@@ -345,3 +358,37 @@ def _stoppable(put: Any, stopped: threading.Event) -> Any:
         put(text)
 
     return on_token
+
+
+class _Handoff:
+    """A queue from worker threads to an async reader on whichever event loop reads it."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[tuple[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    def put(self, item: tuple[str, Any]) -> None:
+        """Add ``item`` (from any thread) and wake the reader, if one waits."""
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, woken = waiter
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody reads
+                loop.call_soon_threadsafe(_wake, woken)
+
+    async def get(self) -> tuple[str, Any]:
+        """The next item, waiting on the running event loop until there is one."""
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                woken = asyncio.get_running_loop().create_future()
+                self._waiter = (asyncio.get_running_loop(), woken)
+            await woken
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():  # a reader cancelled meanwhile leaves a cancelled future
+        woken.set_result(None)
