@@ -70,6 +70,24 @@ class _Row:
 
 
 @evaluating()
+def question_prompt(model: LatentRAG, question: str) -> list[int]:
+    """The token ids of ``question``'s prompt.
+
+    Raises:
+        ValueError: The prompt leaves no room for the latent slots and the answer within the
+            model's ``max_context_tokens``.
+    """
+    cfg = model.config
+    ids = model.prompts.question(question)
+    need = len(ids) + cfg.n_think + cfg.n_query + cfg.max_answer_tokens + 2
+    if need > cfg.max_context_tokens:
+        raise ValueError(
+            f"question is too long: it needs {need} tokens with the slots, over the "
+            f"max_context_tokens budget of {cfg.max_context_tokens}: {question[:60]!r}..."
+        )
+    return ids
+
+
 def latent_loop(
     model: LatentRAG,
     questions: list[str],
@@ -120,14 +138,7 @@ def latent_loop(
     m, n = cfg.n_think, cfg.n_query
     answer_reserve = cfg.max_answer_tokens + 2
     clock = StageClock(model.device)
-    rows = [_Row(pending=model.prompts.question(q)) for q in questions]
-    for q, r in zip(questions, rows):
-        need = len(r.pending) + m + n + answer_reserve
-        if need > cfg.max_context_tokens:
-            raise ValueError(
-                f"question is too long: it needs {need} tokens with the slots, over the "
-                f"max_context_tokens budget of {cfg.max_context_tokens}: {q[:60]!r}..."
-            )
+    rows = [_Row(pending=question_prompt(model, q)) for q in questions]
     batch = len(rows)
     ids = model.ids
     ctx = BatchedContext(model.llm, batch, ids.pad, model.wide_llm)

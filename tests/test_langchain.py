@@ -679,8 +679,10 @@ def test_chain_batch_is_one_batched_loop(lc_model, vs, retrieving, monkeypatch):
     for b, s in zip(batched, single):
         assert b["answer"] == s["answer"]
         assert [d.id for d in b["source_documents"]] == [d.id for d in s["source_documents"]]
-    mixed = chain.batch([Q, "  "], return_exceptions=True)
+    too_long = "Where was he born? " * lc_model.config.max_context_tokens
+    mixed = chain.batch([Q, "  ", too_long], return_exceptions=True)
     assert isinstance(mixed[1], ValueError) and mixed[0]["answer"] == single[0]["answer"]
+    assert isinstance(mixed[2], ValueError) and "too long" in str(mixed[2])
 
 
 @pytest.mark.asyncio

@@ -22,6 +22,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import GenerationStopped
+from ..inference import question_prompt
 from ..live import check_question, resolve_model
 from ..model import LatentRAG
 from ..results import LatentRAGResult
@@ -118,7 +119,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         elif not isinstance(value, str):  # e.g. a LangGraph state that is a pydantic model
             found = (getattr(value, k, None) for k in _QUESTION_KEYS)
             value = next((v for v in found if v is not None), value)
-        return check_question(value, type(self).__name__)
+        question = check_question(value, type(self).__name__)
+        question_prompt(self.model, question)  # too long: this input fails, not its whole batch
+        return question
 
     def _prepare(self) -> tuple[StoreSearcher, LoopOptions]:
         if not self._dim_checked:
