@@ -307,9 +307,19 @@ def test_mismatched_index_names_both(lmodel, nodes):
     idx = VectorStoreIndex(nodes=unembedded(nodes[:3]), embed_model=named)
     with pytest.raises(EncoderMismatchError, match="bge-small-en-v1.5.*all-MiniLM-L6-v2"):
         LatentRAGRetriever(model=lmodel, index=idx)
-    small = VectorStoreIndex(nodes=unembedded(nodes[:3]), embed_model=MockEmbedding(embed_dim=8))
+    mini = MockEmbedding(embed_dim=8, model_name="sentence-transformers/all-MiniLM-L6-v2")
+    small = VectorStoreIndex(nodes=unembedded(nodes[:3]), embed_model=mini)  # says it, isn't
     with pytest.raises(EncoderMismatchError, match=r"8-dim.*all-MiniLM-L6-v2.*384-dim"):
         LatentRAGQueryEngine(model=lmodel, index=small)
+
+
+def test_an_index_whose_embed_model_names_no_encoder_is_refused(lmodel, nodes):
+    """Its vectors could come from anything (here: MockEmbedding's constant ones, which would
+    retrieve at random), as the LangChain adapter also refuses."""
+    unnamed = MockEmbedding(embed_dim=384)
+    idx = VectorStoreIndex(nodes=unembedded(nodes[:3]), embed_model=unnamed)
+    with pytest.raises(EncoderMismatchError, match="names no model.*LatentRAGEmbedding"):
+        LatentRAGRetriever(model=lmodel, index=idx)
 
 
 def test_store_errors_propagate_with_context(lmodel, nodes, embed):

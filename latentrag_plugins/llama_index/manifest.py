@@ -60,35 +60,38 @@ def store_dim(vector_store: Any) -> int | None:
 def check_index(index: Any, model: Any) -> None:
     """Raise unless ``index``'s vectors come from ``model``'s document tower.
 
-    The index's embed model (``index._embed_model``) is compared by ``model_name`` when it names
-    itself; the dimension is read from the vector store, or probed from an unnamed embed model.
+    The index's embed model (``index._embed_model``) must be a :class:`LatentRAGEmbedding` or
+    name the same encoder (``model_name``); the dimension is read from the vector store.
 
     Args:
         index: A ``VectorStoreIndex``.
         model: Anything with ``encoder_id`` and ``dim`` (a LatentRAG, its document tower).
 
     Raises:
-        EncoderMismatchError: naming both encoders or both dimensions.
+        EncoderMismatchError: naming both encoders or both dimensions, or an embed model that
+            names no encoder (such as ``MockEmbedding``, or ``embed_model=None``), whose vectors
+            could come from anything.
     """
     want_id, want_dim = model.encoder_id, int(model.dim)
     embed = getattr(index, "_embed_model", None)
     name = getattr(embed, "model_name", None)
-    named = isinstance(name, str) and name not in _UNNAMED
-    if named and not same_encoder(name, want_id):
-        raise EncoderMismatchError(
-            f"the index embeds with {type(embed).__name__}(model_name={name!r}), but the LatentRAG "
-            f"model's document tower is {want_id!r} ({want_dim}-dim). {_HINT}"
-        )
+    if embed is not None:
+        if not isinstance(name, str) or name in _UNNAMED:
+            raise EncoderMismatchError(
+                f"the index embeds with {type(embed).__name__}, which names no model "
+                f"(model_name={name!r}), so nothing says its vectors come from the LatentRAG "
+                f"model's document tower {want_id!r} ({want_dim}-dim). {_HINT} (An embed model "
+                f"of that very encoder may instead say so: model_name={want_id!r}.)"
+            )
+        if not same_encoder(name, want_id):
+            raise EncoderMismatchError(
+                f"the index embeds with {type(embed).__name__}(model_name={name!r}), but the "
+                f"LatentRAG model's document tower is {want_id!r} ({want_dim}-dim). {_HINT}"
+            )
     vector_store = getattr(index, "vector_store", None)
     dim, source = store_dim(vector_store), type(vector_store).__name__
     if dim is None and isinstance(embed, LatentRAGEmbedding):
         dim, source = embed.dim, f"{type(embed).__name__}({name!r})"
-    elif dim is None and embed is not None and not named:
-        try:
-            dim = len(embed.get_query_embedding("dimension probe"))
-            source = f"embed model {type(embed).__name__}"
-        except Exception:  # an embed model we cannot call: leave it to the first search
-            dim = None
     if dim is not None and dim != want_dim:
         raise EncoderMismatchError(
             f"the index holds {dim}-dim vectors ({source}), but the LatentRAG model's document "
