@@ -53,14 +53,16 @@ def canonical_retriever_id(name: str) -> str:
 
 
 def same_encoder(a: str, b: str) -> bool:
-    """Whether two encoder ids name the same encoder: the same id (MiniLM aliases included), or
-    a hub id and a local copy of it (a directory named as the hub model). Two hub ids, or two
-    local paths, must match exactly: ``my-org/bge-small-en-v1.5`` may be a fine-tune."""
+    """Whether two encoder ids name the same encoder: the same id (MiniLM aliases included; hub
+    ids in any case, as the hub resolves them), or a hub id and a local copy of it (a directory
+    named as the hub model). Otherwise two hub ids, or two local paths, differ:
+    ``my-org/bge-small-en-v1.5`` may be a fine-tune."""
     ca, cb = canonical_retriever_id(a), canonical_retriever_id(b)
     if ca == cb:
         return True
-    if _local_path(ca) == _local_path(cb):
-        return False
+    local_a, local_b = _local_path(ca), _local_path(cb)
+    if local_a == local_b:
+        return not local_a and ca.lower() == cb.lower()
     return Path(ca.rstrip("/\\")).name.lower() == Path(cb.rstrip("/\\")).name.lower()
 
 

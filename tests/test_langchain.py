@@ -242,12 +242,13 @@ def test_title_metadata_leads_the_text_the_model_reads():
             ),
             0.8,
         ),
-        (Document(page_content="Warsaw\nA city.", metadata={}), None),
+        (Document(page_content="Warsaw\nA city.", metadata={1: "x"}), None),  # any key type
     ]
     docs = _as_retrieved(hits)
     assert [d.title for d in docs] == ["Marie Curie", "Marie Curie", "Warsaw"]
     assert [d.body for d in docs] == ["Born in Warsaw.", "Born in Warsaw.", "A city."]
     assert docs[0].metadata == {"title": "Marie Curie"} and math.isnan(docs[2].score)
+    assert docs[2].metadata == {"1": "x"}
 
 
 def test_retriever_returns_union_in_step_then_rank_order(lc_model, vs, retrieving):
@@ -838,6 +839,21 @@ def test_other_class_declaring_the_same_encoder_is_accepted(lc_model, emb):
             model=lc_model,
             vectorstore=InMemoryVectorStore(SameModel(size=384, model_name="acme/other")),
         )
+
+
+def test_a_store_over_cached_latentrag_embeddings_is_accepted(lc_model, emb, docs):
+    """LangChain's caching wrapper is checked by the embeddings it wraps."""
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+    from langchain_classic.storage import InMemoryByteStore
+
+    cached = CacheBackedEmbeddings.from_bytes_store(emb, InMemoryByteStore(), namespace="t")
+    store = InMemoryVectorStore.from_documents(docs[:3], cached)
+    assert LatentRAGRetriever(model=lc_model, vectorstore=store, max_steps=1).invoke(Q)
+    other = CacheBackedEmbeddings.from_bytes_store(
+        DeterministicFakeEmbedding(size=384), InMemoryByteStore(), namespace="t"
+    )
+    with pytest.raises(EncoderMismatchError, match="DeterministicFakeEmbedding"):
+        LatentRAGRetriever(model=lc_model, vectorstore=InMemoryVectorStore(other))
 
 
 def test_other_encoder_and_dim_are_refused(lc_model, emb):

@@ -348,8 +348,8 @@ def test_a_failed_single_file_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_same_encoder_accepts_aliases_and_local_copies_only(tmp_path):
-    """One rule for both integrations: the same id (MiniLM aliases too), or a hub id and a local
-    directory named as it; two hub ids or two local paths must match exactly."""
+    """One rule for both integrations: the same id (MiniLM aliases too; hub ids in any case), or
+    a hub id and a local directory named as it; otherwise two hub ids or two local paths differ."""
     from latentrag_plugins.encoder import same_encoder
 
     hub = "sentence-transformers/all-MiniLM-L6-v2"
@@ -358,6 +358,9 @@ def test_same_encoder_accepts_aliases_and_local_copies_only(tmp_path):
     assert same_encoder(hub, "./all-MiniLM-L6-v2/")
     assert not same_encoder("BAAI/bge-small-en-v1.5", "my-org/bge-small-en-v1.5")  # a fine-tune?
     assert not same_encoder("/ckpts/run1/retriever", "/ckpts/run2/retriever")
+    assert same_encoder("Sentence-Transformers/ALL-MiniLM-L6-v2", hub)  # the hub ignores case
+    assert same_encoder("baai/BGE-small-en-v1.5", "BAAI/bge-small-en-v1.5")
+    assert not same_encoder("/ckpts/Run/retriever", "/ckpts/run/retriever")  # local: exact
     assert not same_encoder("/models/bge-small-en-v1.5", hub)
     copy = tmp_path / "all-MiniLM-L6-v2"
     copy.mkdir()

@@ -91,7 +91,7 @@ def _as_retrieved(hits: list[Hit]) -> list[RetrievedDoc]:
             id=document_id(d) or "",
             text=titled(d.page_content, d.metadata.get("title")),
             score=math.nan if s is None else s,
-            metadata=dict(d.metadata),
+            metadata={str(k): v for k, v in d.metadata.items()},  # LangChain allows any keys
         )
         for d, s in hits
     ]

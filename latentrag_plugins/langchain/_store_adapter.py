@@ -161,9 +161,9 @@ def _declared_model(emb: Embeddings) -> str | None:
 def check_store(store: Any, model: LatentRAG) -> bool:
     """Raise if ``store``'s vectors don't come from ``model``'s document tower.
 
-    The store's ``Embeddings`` must be :class:`LatentRAGEmbeddings` over the same encoder (or
-    another class declaring the same encoder id as ``model_name``), and its vectors must have the
-    tower's dimension.
+    The store's ``Embeddings`` (or the ones a wrapper such as ``CacheBackedEmbeddings`` wraps)
+    must be :class:`LatentRAGEmbeddings` over the same encoder (or another class declaring the
+    same encoder id as ``model_name``), and its vectors must have the tower's dimension.
 
     Returns:
         True if the vector dimension could be checked (False: check again later, e.g. when an
@@ -176,6 +176,8 @@ def check_store(store: Any, model: LatentRAG) -> bool:
 
     name, want = type(store).__name__, f"{model.encoder_id!r} ({model.dim}-dim)"
     emb = store_embeddings(store)
+    while isinstance(getattr(emb, "underlying_embeddings", None), Embeddings):
+        emb = emb.underlying_embeddings  # a wrapper such as CacheBackedEmbeddings
     if isinstance(emb, LatentRAGEmbeddings):
         if emb.encoder_id != model.encoder_id or emb.dim != model.dim:
             raise EncoderMismatchError(
