@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import LatentRAGConfig
 from .devices import resolve_device
@@ -20,6 +21,8 @@ from .encoder import (
     resolve_retriever,
 )
 from .errors import CheckpointError
+from .io_utils import check_local_source
+from .tokens import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,13 @@ def retriever_tower(
         encoder_id=canonical_retriever_id(name),
     )
     return tower.to(resolve_device(device)).eval()
+
+
+def load_base_llm(base_model: str, trust: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A base LLM and its tokenizer, by hub id or local path (a model's ``init``)."""
+    check_local_source(base_model, "base model")
+    tok = load_tokenizer(base_model, trust)
+    llm = AutoModelForCausalLM.from_pretrained(
+        base_model, trust_remote_code=trust, use_safetensors=True
+    )
+    return llm, tok

@@ -14,14 +14,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device``, else :func:`default_device`.
 
     Raises:
-        ValueError: ``device`` names no device torch knows (e.g. ``"gpu"``).
+        ValueError: ``device`` names no device torch knows (e.g. ``"gpu"``), or one this
+            machine lacks (``"cuda"`` without a CUDA build of torch and a GPU).
     """
     if not device:
         return default_device()
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as e:
         raise ValueError(f"bad device {str(device)!r}: {e}") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"bad device {str(device)!r}: CUDA is not available here (torch {torch.__version__}); "
+            "install a CUDA build of torch first, or use --device cpu"
+        )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"bad device {str(device)!r}: MPS is not available here")
+    return resolved
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

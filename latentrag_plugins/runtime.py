@@ -19,10 +19,21 @@ STAGES = ("prefill", "reasoning", "retrieval", "answer", "decode")
 
 
 def check_questions(questions: Sequence[Any]) -> None:
-    """Raise ValueError unless every question is a non-empty, non-blank string."""
+    """Raise ValueError unless every question is a non-empty, non-blank string of text."""
     for q in questions:
         if not isinstance(q, str) or not q.strip():
             raise ValueError("question is empty: ask a non-empty question")
+        check_text(q, "question")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError if ``text`` is not encodable text (e.g. undecodable bytes that Python
+    kept as surrogates, from a command line in another encoding)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("utf-8", "surrogateescape")
+        raise ValueError(f"{what} is not valid UTF-8 text (bytes {bad!r} at {exc.start})") from None
 
 
 def check_store(store: Any, encoder_id: str, dim: int) -> None:

@@ -90,8 +90,11 @@ def test_question_files_are_checked_line_by_line(tmp_path):
         read_questions(path)
     path.write_text(good.replace('["Ann"]', '["Ann", "", "The"]'))
     assert read_questions(path)[0].golds == ("Ann",)  # aliases that normalise to "" are dropped
-    path.write_text(good + good.replace('["Ann"]', '["A"]'))
+    path.write_text(good + good.replace('["Ann"]', '["A"]').replace('"a"', '"b"'))
     assert len(read_questions(path)) == 1  # a question only "" would match is skipped
+    path.write_text(good + good)
+    with pytest.raises(LatentRAGError, match=r"q\.jsonl:2: duplicate id 'a'"):
+        read_questions(path)
     path.write_text(good.replace("}", ', "supporting_ids": ["d1", 2]}'))
     assert read_questions(path)[0].supporting == ("d1", "2")
     path.write_text(good.replace("}", ', "supporting_ids": "d1"}'))

@@ -123,15 +123,13 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
             **config: Any :class:`ExplicitConfig` field (``top_k``, ``max_turns``, ...).
         """
+        from ..checkpoint_files import load_base_llm
         from ..devices import default_dtype, resolve_device
 
         ExplicitConfig(base_model="-", **config)  # typos and bad values fail before any load
         trust = bool(config.get("trust_remote_code", False))
         if isinstance(base_model, str):
-            tok = load_tokenizer(base_model, trust)
-            llm = AutoModelForCausalLM.from_pretrained(
-                base_model, trust_remote_code=trust, use_safetensors=True
-            )
+            llm, tok = load_base_llm(base_model, trust)
             base_id = base_model
         else:
             if tokenizer is None:

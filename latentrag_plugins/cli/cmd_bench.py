@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import positive_int
+
 
 def _batches(text: str) -> list[int]:
     try:
@@ -62,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "bfloat16 pays off on CPUs with AMX or AVX512-BF16).",
     )  # fmt: skip
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads", type=positive_int, default=None,
         help="Torch CPU threads (default: 1 for tiny shapes on CPU, else torch's default).",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="Seed of weights and data (default 0).")

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.runner import machine_info
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
+    from ..inference import question_prompt
     from ..io_utils import write_json_atomic, write_jsonl_atomic
     from .common import (
         check_output_files,
@@ -94,13 +95,18 @@ def run(args: argparse.Namespace) -> int:
         method_settings,
     )
 
-    check_output_files(args.json, args.plot, args.predictions)
+    check_output_files(args.json, args.plot, args.predictions, inputs=[args.questions])
     check_plot_extra(args.plot)
     baselines = parse_baselines(args.baselines)
     if args.no_latent and not baselines:
         raise ValueError("--no-latent needs at least one --baselines entry")
     questions = read_questions(args.questions, limit=args.limit)
     model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    for q in questions:  # before any work: one too long would end the run midway
+        try:
+            question_prompt(model, q.question)
+        except ValueError as exc:
+            raise ValueError(f"{args.questions}: question {q.id!r}: {exc}") from None
     store = load_index(args.index, model)
     if args.extractive:
         model.config.extractive_answers = True

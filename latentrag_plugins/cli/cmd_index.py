@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg, add_trust_arg
+from .common import add_device_arg, add_trust_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "`demo-explicit`: the shipped demo checkpoints).",
     )
     src.add_argument("--retriever", help="Retriever id or path (default: all-MiniLM-L6-v2).")
-    p.add_argument("--batch-size", type=int, default=64, help="Embedding batch size (default 64).")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="Embedding batch size (default 64)."
+    )
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
     add_device_arg(p)
     add_trust_arg(p)
@@ -39,9 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint_files import load_document_tower, retriever_tower
     from ..store.corpus import iter_corpus
-    from ..store.faiss_store import FaissStore
-    from .common import print_json
+    from ..store.faiss_store import FaissStore, refusal
+    from .common import check_output_dir, print_json
 
+    check_output_dir(args.out, refusal)
     if args.model:
         tower = load_document_tower(
             args.model, device=args.device, trust_remote_code=args.trust_remote_code

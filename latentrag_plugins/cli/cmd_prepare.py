@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_device_arg, add_trust_arg
+from .common import add_device_arg, add_trust_arg, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="Choose beta so the average top-3 probability mass is 0.5.",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="Embedding batch size (64).")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="Embedding batch size (64).")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
     add_device_arg(p)
     add_trust_arg(p)
@@ -43,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint_files import load_document_tower
     from ..store.faiss_store import FaissStore
     from ..training.preparation import prepare
+    from ..training.prepared import refusal
     from ..training.trajectories import read_trajectories
-    from .common import print_json
+    from .common import check_output_dir, print_json
 
     if args.beta is not None and args.calibrate_beta:
         raise ValueError("pass either --beta or --calibrate-beta, not both")
+    check_output_dir(args.out, refusal)
     trajs = read_trajectories(args.trajectories)
     tower = load_document_tower(
         args.model, device=args.device, trust_remote_code=args.trust_remote_code

@@ -127,7 +127,14 @@ def build_config(args: argparse.Namespace):  # noqa: ANN201 - TrainConfig, impor
 
     from ..training.config import TrainConfig
 
-    data = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
+    data: dict = {}
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{args.config}: not a readable JSON config ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.config}: a config is a JSON object of TrainConfig fields")
     for flag, (field, value) in _SWITCHES.items():
         if getattr(args, flag, False):
             data[field] = value

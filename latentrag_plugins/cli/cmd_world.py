@@ -51,10 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Generate the world and write its files; returns the exit code."""
     from ..errors import LatentRAGError
-    from ..world import build_dataset, write_dataset
+    from ..world import build_dataset, refusal, write_dataset
     from .common import check_output_dir
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, refusal)
     search = args.search or _default_search()
     make_search = None
     if search == "minilm":

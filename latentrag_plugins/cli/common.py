@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def add_model_arg(
@@ -116,9 +129,11 @@ def check_plot_extra(plot: str | None) -> None:
         require("matplotlib", "plot", "the latency chart (--plot)")
 
 
-def check_output_files(*paths: str | None) -> None:
-    """Refuse, before any long work, output file paths that could not be written: an existing
-    directory, or a path under a file. None and ``-`` (stdout) pass."""
+def check_output_files(*paths: str | None, inputs: Sequence[str | None] = ()) -> None:
+    """Refuse, before any long work, output file paths that could not be written (an existing
+    directory, a path under a file) or that are one of the ``inputs``, or each other. None and
+    ``-`` (stdout) pass."""
+    written: list[Path] = []
     for p in paths:
         if p is None or p == "-":
             continue
@@ -126,14 +141,27 @@ def check_output_files(*paths: str | None) -> None:
         if path.is_dir():
             raise ValueError(f"{p}: is a directory; give a file path")
         _check_ancestors(path)
+        for other in [*(Path(i) for i in inputs if i), *written]:
+            if _same_file(path, other):
+                raise ValueError(f"{p}: is also {other}, which this command reads or writes")
+        written.append(path)
 
 
-def check_output_dir(p: str) -> None:
-    """Refuse, before any long work, an output directory path that is an existing file."""
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_output_dir(p: str, refusal: Callable[[str], str | None] | None = None) -> None:
+    """Refuse, before any long work, an output directory path that is an existing file, or
+    that ``refusal`` gives a reason not to replace."""
     path = Path(p)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{p}: is a file; give a directory path")
     _check_ancestors(path)
+    if refusal is not None and (why := refusal(p)) is not None:
+        raise ValueError(why)
 
 
 def _check_ancestors(path: Path) -> None:

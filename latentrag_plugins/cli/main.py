@@ -9,9 +9,13 @@ parser default. Command modules import heavy packages (torch, faiss) inside ``ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
 
 from .._version import __version__
 from ..errors import LatentRAGError
@@ -64,16 +68,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         _quiet_hub_progress()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:  # a termination cleans up as an interrupt does (partial writes removed)
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except (LatentRAGError, OSError, ValueError, ImportError) as exc:  # OSError: paths, disks
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing left to say
+        with contextlib.suppress(OSError, ValueError):  # no flush error at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (LatentRAGError, OSError, ValueError, ImportError, MemoryError) as exc:
         if args.verbose:
             raise
-        print(f"latentrag {args.command}: error: {exc}", file=sys.stderr)
+        print(f"latentrag {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, _Terminated) else "interrupted", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that ``finally`` blocks run."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: a validation error lists each field's problem and value (OSError:
+    paths, disks; MemoryError: a size too large for this machine)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, MemoryError):
+        return f"out of memory{f' ({exc})' if str(exc) else ''}: try smaller sizes"
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = [
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']} (got {e['input']!r})"
+        for e in exc.errors()
+    ]
+    return f"invalid {exc.title}: " + "; ".join(problems)
 
 
 def _quiet_hub_progress() -> None:

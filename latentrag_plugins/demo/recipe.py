@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import LatentRAGError
 from ..io_utils import write_json_atomic, write_text_atomic
 
 
@@ -104,6 +105,9 @@ def run_recipe(
 
     ``device`` (default: a GPU if there is one) runs the base LM's pretraining, the indexes,
     prepared data and the eval; ``latentrag train`` picks its device itself (a GPU if any).
+
+    Raises:
+        LatentRAGError: ``out`` exists and is not an empty directory (nothing is overwritten).
     """
     from ..cli.main import main
     from .base_lm import build_base_lm, continue_pretraining
@@ -111,6 +115,8 @@ def run_recipe(
 
     p = PRESETS[preset]
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LatentRAGError(f"{out}: exists and is not an empty directory; give a new one")
     out.mkdir(parents=True, exist_ok=True)
     world, base = out / "world", out / "base-lm"
 

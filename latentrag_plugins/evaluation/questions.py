@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import LatentRAGError
 from ..io_utils import read_jsonl
 from ..metrics import normalize_answer
+from ..runtime import check_text
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
     skipped with a warning.
 
     Raises:
-        LatentRAGError: On a missing file, a bad line, an empty question or no gold answers; the
-            message names the file and line.
+        LatentRAGError: On a missing file, a bad line, an empty question, a repeated id or no
+            gold answers; the message names the file and line.
     """
     out: list[Question] = []
     unscorable: list[str] = []
+    seen: set[str] = set()
     for lineno, obj in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
@@ -57,6 +59,14 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
         q = obj.get("question")
         if not isinstance(q, str) or not q.strip():
             raise LatentRAGError(f"{where}: missing or empty 'question'")
+        try:
+            check_text(q, "'question'")
+        except ValueError as exc:
+            raise LatentRAGError(f"{where}: {exc}") from None
+        qid = str(obj.get("id", lineno))
+        if qid in seen:
+            raise LatentRAGError(f"{where}: duplicate id {qid!r}")
+        seen.add(qid)
         golds = obj.get("golden_answers", obj.get("answers", obj.get("answer")))
         if isinstance(golds, str):
             golds = [golds]
@@ -79,7 +89,7 @@ def read_questions(path: str | os.PathLike[str], limit: int | None = None) -> li
             raise LatentRAGError(f"{where}: 'supporting_ids' must be a list of ids")
         out.append(
             Question(
-                str(obj.get("id", lineno)),
+                qid,
                 q.strip(),
                 tuple(golds),
                 hops,

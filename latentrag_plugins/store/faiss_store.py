@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..errors import StoreError
 from ..extras import require
-from ..io_utils import atomic_path, readable_dir
+from ..io_utils import atomic_path, readable_dir, replaceable_dir
 from ..results import RetrievedDoc
 from .base import Encoder, check_compatible
 from .corpus import read_docs_jsonl, write_docs_jsonl
@@ -67,6 +67,18 @@ def _row_norms(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
         part = x[i : i + chunk]  # (c, dim)
         out[i : i + chunk] = np.sqrt(np.einsum("ij,ij->i", part, part))
     return out
+
+
+def refusal(path: str | os.PathLike[str]) -> str | None:
+    """Why :meth:`FaissStore.save` would refuse ``path`` (None: it may write there): a file, or
+    a non-empty directory that is not a FaissStore's. Check it before building a store."""
+    return replaceable_dir(
+        path,
+        manifest=MANIFEST_FILE,
+        fmt=FORMAT,
+        owned=(INDEX_FILE, DOCS_FILE, MANIFEST_FILE),
+        what="FaissStore",
+    )
 
 
 class FaissStore:
@@ -135,6 +147,8 @@ class FaissStore:
         Raises:
             StoreError: If there are no documents, ids repeat, or the encoder returns a bad shape.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         store = cls(encoder.encoder_id, encoder.dim, use_gpu=False)
         total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
         it = iter(docs)
@@ -373,13 +387,8 @@ class FaissStore:
             StoreError: If ``path`` is a file or a non-empty directory that is not a store.
         """
         target = Path(path)
-        if target.exists() and not target.is_dir():
-            raise StoreError(f"{target}: exists and is not a directory")
-        if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
-            raise StoreError(
-                f"{target}: directory is not empty and is not a FaissStore (no {MANIFEST_FILE}); "
-                "refusing to overwrite it"
-            )
+        if (why := refusal(target)) is not None:
+            raise StoreError(why)
         faiss = _faiss()
         with atomic_path(target) as tmp:
             tmp.mkdir()
@@ -423,6 +432,8 @@ class FaissStore:
             raise StoreError(f"{mpath}: missing store manifest") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StoreError(f"{mpath}: corrupt store manifest ({exc})") from None
+        if isinstance(man, dict) and man.get("format", FORMAT) != FORMAT:
+            raise StoreError(f"{root}: is a {man['format']} directory, not a {FORMAT}")
         try:
             if int(man["format_version"]) > FORMAT_VERSION:
                 raise StoreError(
@@ -434,7 +445,7 @@ class FaissStore:
             metric = man.get("metric", cls.metric)
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{mpath}: corrupt store manifest (bad or missing {exc})") from None
-        if metric != cls.metric or man.get("format", FORMAT) != FORMAT:
+        if metric != cls.metric:
             raise StoreError(f"{mpath}: not a {FORMAT} manifest with metric {cls.metric!r}")
         if encoder_id is not None or dim is not None:
             check_compatible(

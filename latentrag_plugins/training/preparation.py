@@ -4,6 +4,7 @@ documents in the index (paper §4.2, Eq. 6), once, for any number of training ru
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,8 +82,10 @@ def prepare(
     """
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
-    if beta is not None and beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a positive finite number, got {beta}")
     check_compatible(store, tower.encoder_id, tower.dim)
     if hasattr(store, "__len__"):
         if len(store) == 0:

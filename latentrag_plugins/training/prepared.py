@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .._version import __version__
 from ..errors import LatentRAGError
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, replaceable_dir
 from .trajectories import Trajectory, TrajectoryError, read_trajectories
 
 FORMAT, FORMAT_VERSION = "latentrag-prepared", 1
@@ -40,6 +40,15 @@ MANIFEST, TRAJ_FILE, TENSORS, DOCS = (
     "docs.jsonl",
 )
 _TENSOR_KEYS = ("query_emb", "query_offsets", "topn_rows", "topn_scores", "doc_emb")
+
+
+def refusal(path: str | os.PathLike[str]) -> str | None:
+    """Why :meth:`PreparedData.save` would refuse ``path`` (None: it may write there): a file,
+    or a non-empty directory that is not prepared data. Check it before preparing."""
+    return replaceable_dir(
+        path, manifest=MANIFEST, fmt=FORMAT, owned=(MANIFEST, TRAJ_FILE, TENSORS, DOCS),
+        what="prepared-data directory",
+    )  # fmt: skip
 
 
 class PreparedDataError(LatentRAGError):
@@ -129,10 +138,8 @@ class PreparedData:
         """Write the directory atomically (an existing prepared directory is replaced)."""
         self.check()
         target = Path(path)
-        if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
-            raise PreparedDataError(
-                f"{target}: not empty and not a prepared-data directory; refusing to overwrite"
-            )
+        if (why := refusal(target)) is not None:
+            raise PreparedDataError(why)
         with atomic_path(target) as tmp:
             tmp.mkdir()
             (tmp / TRAJ_FILE).write_text(

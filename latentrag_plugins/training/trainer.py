@@ -119,11 +119,24 @@ class Trainer:
 
     def _check_out(self, resume: bool) -> tuple[int, Path] | None:
         cfg_file = self.out / CONFIG_FILE
+        if self.out.exists() and not self.out.is_dir():
+            raise LatentRAGError(f"{self.out}: exists and is not a directory; choose another --out")
+        if isinstance(self.model_src, (str, os.PathLike)):
+            src = Path(self.model_src)
+            if src.exists() and self.out.exists() and os.path.samefile(src, self.out):
+                raise LatentRAGError(
+                    f"{self.out}: is the starting model too; choose another --out (a run "
+                    "directory is replaced by the trained model)"
+                )
         if not resume:
             if cfg_file.exists():
                 raise LatentRAGError(
                     f"{self.out} already holds a training run; pass --resume to continue it or "
                     "choose another --out"
+                )
+            if self.out.is_dir() and any(self.out.iterdir()):
+                raise LatentRAGError(
+                    f"{self.out}: not empty and not a training run; choose a new or empty --out"
                 )
             return None
         if not cfg_file.is_file():

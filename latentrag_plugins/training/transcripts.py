@@ -216,9 +216,12 @@ def import_transcripts(
         Kept/dropped counts with the reasons.
 
     Raises:
-        TrajectoryError: A line is not JSON or lacks a field; the message names file and line.
+        TrajectoryError: A line is not JSON or lacks a field (the message names file and line),
+            ``out`` is ``path`` itself, or no trajectory is kept.
     """
     p = Path(path)
+    if Path(out).exists() and p.exists() and os.path.samefile(p, out):
+        raise TrajectoryError(f"{out}: is the input file too; give another output path")
     stats = ImportStats()
     kept: list[Trajectory] = []
     seen: set[str] = set()
@@ -244,11 +247,19 @@ def import_transcripts(
             stats.dropped += 1
             stats.reasons[drop.reason] += 1
             continue
+        except ValidationError as exc:
+            errs = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            raise TrajectoryError(f"{p}:{lineno}: invalid trajectory: {errs}") from None
         if not keep_wrong and not exact_match(traj.answer, traj.answers):
             stats.dropped += 1
             stats.reasons["wrong_answer"] += 1
             continue
         kept.append(traj)
         stats.kept += 1
+    if not kept:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(stats.reasons.items())) or "no lines"
+        raise TrajectoryError(f"{p}: no trajectory kept ({why}); {out} not written")
     write_trajectories(out, kept)
     return stats

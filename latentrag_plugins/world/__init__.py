@@ -18,7 +18,6 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .entities import KINDS, SIZES, SPLITS, Entity, World, generate_world
@@ -124,32 +123,58 @@ def summarize(ds: WorldDataset) -> dict[str, Any]:
     }
 
 
+WORLD_FILES = (
+    "corpus.jsonl",
+    *(f"questions_{split}.jsonl" for split in SPLITS),
+    "trajectories.jsonl",
+    "entities.jsonl",
+    "world.json",
+)
+
+
+def refusal(path: str | os.PathLike[str]) -> str | None:
+    """Why :func:`write_dataset` would refuse ``path`` (None: it may write there): a file, or a
+    non-empty directory that is not a world's (no ``world.json``, or other files too)."""
+    from ..io_utils import replaceable_dir
+
+    return replaceable_dir(
+        path, manifest="world.json", fmt=None, owned=WORLD_FILES, what="world directory"
+    )
+
+
 def write_dataset(ds: WorldDataset, out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write the dataset's files to directory ``out`` (each file atomically).
+    """Write the dataset's files to directory ``out``, all at once (an interrupted write leaves
+    the previous world whole); an existing world there is replaced, anything else refused.
 
     Files: ``corpus.jsonl``, ``questions_{train,dev,test}.jsonl``, ``trajectories.jsonl``,
-    ``entities.jsonl`` and ``world.json`` (the summary, written last).
+    ``entities.jsonl`` and ``world.json`` (the summary).
 
     Returns:
         The summary written to ``world.json``.
-    """
-    from ..io_utils import write_json_atomic, write_jsonl_atomic
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / "corpus.jsonl", ds.corpus.docs)
-    for split in SPLITS:
-        write_jsonl_atomic(
-            out / f"questions_{split}.jsonl", [q.record for q in ds.questions[split]]
-        )
-    write_jsonl_atomic(out / "trajectories.jsonl", ds.trajectories)
-    rows = [
-        {"id": e.id, "kind": e.kind, "name": e.name, "split": e.split,
-         "facts": {r: ds.world.value(e.id, r) for r in ds.world.relations_of(e.id)},
-         "attrs": e.attrs, "doc_ids": ds.corpus.entity_docs.get(e.id, [])}
-        for e in ds.world.entities.values()
-    ]  # fmt: skip
-    write_jsonl_atomic(out / "entities.jsonl", rows)
-    summary = summarize(ds)
-    write_json_atomic(out / "world.json", summary)
+    Raises:
+        LatentRAGError: ``out`` is a file, or a non-empty directory that is not a world's.
+    """
+    from ..errors import LatentRAGError
+    from ..io_utils import atomic_path, write_json_atomic, write_jsonl_atomic
+
+    if (why := refusal(out)) is not None:
+        raise LatentRAGError(why)
+    with atomic_path(out, owned=WORLD_FILES) as tmp:
+        tmp.mkdir()
+        write_jsonl_atomic(tmp / "corpus.jsonl", ds.corpus.docs)
+        for split in SPLITS:
+            write_jsonl_atomic(
+                tmp / f"questions_{split}.jsonl", [q.record for q in ds.questions[split]]
+            )
+        write_jsonl_atomic(tmp / "trajectories.jsonl", ds.trajectories)
+        rows = [
+            {"id": e.id, "kind": e.kind, "name": e.name, "split": e.split,
+             "facts": {r: ds.world.value(e.id, r) for r in ds.world.relations_of(e.id)},
+             "attrs": e.attrs, "doc_ids": ds.corpus.entity_docs.get(e.id, [])}
+            for e in ds.world.entities.values()
+        ]  # fmt: skip
+        write_jsonl_atomic(tmp / "entities.jsonl", rows)
+        summary = summarize(ds)
+        write_json_atomic(tmp / "world.json", summary)
     return summary
