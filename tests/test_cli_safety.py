@@ -69,6 +69,9 @@ def test_index_and_prepare_never_replace_a_directory_that_is_not_theirs(built, t
 
 
 def test_an_output_that_is_an_input_is_refused_before_any_work(built, tmp_path, capsys):
+    from latentrag_plugins.errors import LatentRAGError
+    from latentrag_plugins.training.transcripts import import_transcripts
+
     model, index = built
     questions = tmp_path / "q.jsonl"
     questions.write_bytes(QUESTIONS.read_bytes())
@@ -82,7 +85,9 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(built, tmp_path, 
     assert questions.read_bytes() == QUESTIONS.read_bytes()
     transcripts = tmp_path / "t.jsonl"
     transcripts.write_text('{"question": "q", "answers": ["a"], "transcript": "x"}\n')
-    fails(capsys, ["import-trajectories", transcripts, transcripts], "is the input file too")
+    fails(capsys, ["import-trajectories", transcripts, transcripts], "is also")
+    with pytest.raises(LatentRAGError, match="is the input file too"):  # the library checks too
+        import_transcripts(transcripts, transcripts)
     fails(
         capsys, ["import-trajectories", transcripts, tmp_path / "out.jsonl"], "no trajectory kept"
     )

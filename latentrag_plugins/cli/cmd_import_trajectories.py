@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.transcripts import import_transcripts
-    from .common import print_json
+    from .common import check_output_files, print_json
 
+    check_output_files(args.output, inputs=[args.input])
     stats = import_transcripts(args.input, args.output, args.format, keep_wrong=args.keep_wrong)
     if args.json:
         print_json(stats.as_dict())
