@@ -69,7 +69,6 @@ class _Row:
     input_tokens: int = 0
 
 
-@evaluating()
 def question_prompt(model: LatentRAG, question: str) -> list[int]:
     """The token ids of ``question``'s prompt.
 
@@ -88,6 +87,7 @@ def question_prompt(model: LatentRAG, question: str) -> list[int]:
     return ids
 
 
+@evaluating()
 def latent_loop(
     model: LatentRAG,
     questions: list[str],

@@ -375,13 +375,20 @@ def test_training_mode_comes_back_when_the_loop_fails(model, store):
         def search(self, embedding, k):
             raise StoreError("store down")
 
+    ours = {id(m) for m in model.modules()}  # (transformers makes helper modules on the fly)
+    seen: list[bool] = []  # each of the model's modules' training flag as it runs
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.append(module.training) if id(module) in ours else None
+    )
     model.train()
     try:
         with pytest.raises(StoreError, match="store down"):
             model.run(Q, Broken(), min_steps=1)
         assert model.training
     finally:
+        hook.remove()
         model.eval()
+    assert seen and not any(seen)  # the loop ran in eval mode (no dropout; the lean decoder)
 
 
 def test_kept_latents_do_not_hold_the_whole_pass(model, store, force):
