@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import LatentRAGError
+from .errors import CheckpointError, LatentRAGError
 
 
 @contextlib.contextmanager
@@ -26,7 +26,9 @@ def atomic_path(
     A directory replaces the whole of an existing one: with ``owned`` (the entry names a save
     writes), an existing directory holding anything else is refused instead, before any work.
     """
-    target = Path(path)
+    target = Path(os.path.abspath(path))
+    if _holds_cwd(target):  # it would be swapped away under the process (and the user's shell)
+        raise LatentRAGError(f"{path}: is the current directory or holds it; write elsewhere")
     restore_interrupted(target)
     _sweep_stale(target)
     if owned is not None and (foreign := _foreign(target, owned)) is not None:
@@ -65,6 +67,8 @@ def replaceable_dir(
     target = Path(path)
     if target.exists() and not target.is_dir():
         return f"{target}: exists and is not a directory"
+    if _holds_cwd(target):
+        return f"{target}: is the current directory or holds it; write elsewhere"
     if not target.is_dir() or not any(target.iterdir()):
         return None
     try:
@@ -82,6 +86,11 @@ def replaceable_dir(
             "overwrite it"
         )
     return None
+
+
+def _holds_cwd(path: Path) -> bool:
+    cwd, here = Path.cwd(), Path(os.path.abspath(path))
+    return here == cwd or here in cwd.parents
 
 
 def _foreign(target: Path, owned: Collection[str]) -> str | None:
@@ -139,7 +148,7 @@ def check_local_source(name: str, what: str) -> None:
     if (os.path.isabs(name) or name.startswith((".", "~"))) and not Path(
         name
     ).expanduser().exists():
-        raise LatentRAGError(f"{what} {name!r}: no such local directory (and not a hub id)")
+        raise CheckpointError(f"{what} {name!r}: no such local directory (and not a hub id)")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

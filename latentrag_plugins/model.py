@@ -23,11 +23,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .checkpoint_files import (
+from .checkpoint_files import (  # noqa: F401  (load_document_tower, retriever_tower: re-exported)
     RETRIEVER_DIR,
     load_base_llm,
     load_checked,
+    load_document_tower,
     retriever_loadable,
+    retriever_tower,
     trust_remote,
 )
 from .config import (
@@ -36,7 +38,7 @@ from .config import (
     build_config,
     fit_loaded_budget,
 )
-from .devices import default_dtype, resolve_device, tower_dtype
+from .devices import default_device, default_dtype, resolve_device, tower_dtype  # noqa: F401 (re-exported)
 from .encoder import (
     DocumentTowerAPI,
     EncoderTower,

@@ -32,8 +32,12 @@ def check_text(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        bad = text[exc.start : exc.end].encode("utf-8", "surrogateescape")
-        raise ValueError(f"{what} is not valid UTF-8 text (bytes {bad!r} at {exc.start})") from None
+        part = text[exc.start : exc.end]
+        try:  # undecoded bytes kept as surrogates: show the bytes
+            bad = f"bytes {part.encode('utf-8', 'surrogateescape')!r}"
+        except UnicodeEncodeError:  # a lone surrogate of another kind (a JSON escape)
+            bad = part.encode("ascii", "backslashreplace").decode("ascii")
+        raise ValueError(f"{what} is not valid UTF-8 text ({bad} at {exc.start})") from None
 
 
 def check_store(store: Any, encoder_id: str, dim: int) -> None:

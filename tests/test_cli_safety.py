@@ -213,17 +213,37 @@ def test_scratch_left_by_a_killed_save_is_swept_a_day_later(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".x.wxyz9876", "x"]  # may be under way
 
 
-def test_a_closed_stdout_is_no_error(monkeypatch, capsys):
+def test_a_closed_stdout_is_no_error_but_another_broken_pipe_is(monkeypatch, capsys):
     from latentrag_plugins.cli import cmd_world
 
-    def piped(args: Any) -> int:
-        raise BrokenPipeError
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            return 1
 
     dup2: list[int] = []
-    monkeypatch.setattr(cmd_world, "run", piped)
+    monkeypatch.setattr(cmd_world, "run", lambda args: print("a summary") or 0)
     monkeypatch.setattr(os, "dup2", lambda fd, to: dup2.append(to))
-    monkeypatch.setattr("sys.stdout", type("Out", (), {"fileno": lambda self: 1})())
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(["world", "--out", "x"]) == 0 and dup2 == [1]
+    monkeypatch.undo()
+
+    def worker_pipe(args: Any) -> int:
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr(cmd_world, "run", worker_pipe)
+    fails(capsys, ["world", "--out", "x"], "a worker's pipe")
+
+
+def test_the_current_directory_is_never_swapped_away(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, ["world", "--size", "small", "--search", "lexical", "--out", "."], "current")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_jsonl_inputs_name_a_directory_and_accept_a_bom(tmp_path):

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--no-latent needs at least one --baselines entry")
     questions = read_questions(args.questions, limit=args.limit)
     model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
-    for q in questions:  # before any work: one too long would end the run midway
+    for q in questions if not args.no_latent else ():  # before any work, not midway
         try:
             question_prompt(model, q.question)
         except ValueError as exc:

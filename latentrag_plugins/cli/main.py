@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from .._version import __version__
 from ..errors import LatentRAGError
@@ -68,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         _quiet_hub_progress()
+    previous = signal.getsignal(signal.SIGTERM)
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:  # a termination cleans up as an interrupt does (partial writes removed)
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _terminate)
+    stdout, sys.stdout = sys.stdout, _StdoutGuard(sys.stdout)  # type: ignore[assignment]
     try:
-        return int(args.func(args) or 0)
-    except BrokenPipeError:  # stdout closed early (`| head`): nothing left to say
-        with contextlib.suppress(OSError, ValueError):  # no flush error at exit either
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed stdout shows here, not at exit
+        return code
+    except _StdoutClosed:  # stdout closed early (`| head`): nothing left to say
+        with contextlib.suppress(OSError, ValueError):  # and no flush error at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stdout.fileno())
+            os.close(devnull)
         return 0
     except (LatentRAGError, OSError, ValueError, ImportError, MemoryError) as exc:
         if args.verbose:
@@ -86,8 +93,36 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated" if isinstance(exc, _Terminated) else "interrupted", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     finally:
-        if on_main_thread:
+        sys.stdout = stdout
+        if on_main_thread and previous is not None:  # None: not set from Python
             signal.signal(signal.SIGTERM, previous)
+
+
+class _StdoutClosed(Exception):
+    """The reader of stdout went away (``BrokenPipeError`` while writing stdout)."""
+
+
+class _StdoutGuard:
+    """``sys.stdout`` for a command: a broken pipe on it, and only on it, is
+    :class:`_StdoutClosed` (a broken pipe elsewhere stays an error)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError as exc:
+            raise _StdoutClosed from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError as exc:
+            raise _StdoutClosed from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class _Terminated(KeyboardInterrupt):

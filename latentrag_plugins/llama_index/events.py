@@ -154,7 +154,8 @@ def _on_loop_of_caller(write: Callable[[Event], None]) -> Callable[[Event], None
         if here is loop:
             write(event)
         else:
-            loop.call_soon_threadsafe(write, event)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody listens
+                loop.call_soon_threadsafe(write, event)
 
     return on_loop
 

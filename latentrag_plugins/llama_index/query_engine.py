@@ -243,6 +243,8 @@ class LatentRAGQueryEngine(BaseQueryEngine):
                 raise GenerationStopped("the caller stopped waiting for this answer")
             aretrieve = self._driver.vector_retriever.aretrieve(bundle)
             searching[:] = [asyncio.run_coroutine_threadsafe(aretrieve, loop)]
+            if stopped.is_set():  # cancelled meanwhile, perhaps before the search was listed
+                searching[0].cancel()
             return searching[0].result()
 
         state = RunState()
