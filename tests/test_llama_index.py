@@ -467,6 +467,15 @@ def test_an_async_stream_reads_without_its_event_loop(lmodel, index):
 
     assert _finishes_within(lambda: asyncio.run(in_loop())) == want
     assert str(asyncio.run(engine.aquery(Q))) == want  # read after its loop has closed
+    written: list[Any] = []
+    ctx = type("Ctx", (), {"write_event_to_stream": lambda self, ev: written.append(ev)})()
+
+    async def streamed_to_a_workflow() -> Any:
+        with stream_events_to(ctx):
+            return await engine.aquery(Q)
+
+    assert str(asyncio.run(streamed_to_a_workflow())) == want  # late events: nobody listens
+    assert written  # those sent while the loop ran
     tool = QueryEngineTool.from_defaults(engine, name="kb", description="Knowledge base.")
     agent = FunctionAgent(tools=[tool], llm=_function_llm("kb"))
     events, out = _run(lambda: agent.run(user_msg=Q))
