@@ -386,8 +386,9 @@ class _Handoff:
             with self._lock:
                 if self._items:
                     return self._items.popleft()
-                woken = asyncio.get_running_loop().create_future()
-                self._waiter = (asyncio.get_running_loop(), woken)
+                loop = asyncio.get_running_loop()
+                woken = loop.create_future()
+                self._waiter = (loop, woken)
             await woken
 
 
