@@ -160,7 +160,7 @@ def test_bad_numbers_and_text_are_refused_in_one_line(built, tmp_path, capsys):
         capsys, ["init", "--base-model", "random:tiny", tmp_path / "m", "--n-think", "0"], "n_think"
     )
     assert (
-        "invalid LatentRAGConfig: n_think: Input should be greater than or equal to 1 (got 0)"
+        "invalid LatentRAGConfig: n_think (--n-think): Input should be greater than or equal to 1 (got 0)"
         in err
     )
     fails(capsys, ["ask", "--model", model, "--index", index, "caf\udce9?"], "not valid UTF-8")

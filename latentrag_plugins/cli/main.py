@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except (LatentRAGError, OSError, ValueError, ImportError, MemoryError) as exc:
         if args.verbose:
             raise
-        print(f"latentrag {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        flags = _flags(parser, args.command)
+        print(f"latentrag {args.command}: error: {_one_line(exc, flags)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, _Terminated) else "interrupted", file=sys.stderr)
@@ -133,19 +134,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error as one line: a validation error lists each field's problem and value (OSError:
-    paths, disks; MemoryError: a size too large for this machine)."""
+def _flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """The command's options by destination (``n_think`` -> ``--n-think``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.option_strings[-1] for a in sub.choices[command]._actions if a.option_strings}
+
+
+def _one_line(exc: BaseException, flags: dict[str, str]) -> str:
+    """The error as one line: a validation error lists each field's problem and value, naming
+    the field's command-line option where it has one (OSError: paths, disks; MemoryError: a size
+    too large for this machine)."""
     from pydantic import ValidationError
 
     if isinstance(exc, MemoryError):
         return f"out of memory{f' ({exc})' if str(exc) else ''}: try smaller sizes"
     if not isinstance(exc, ValidationError):
         return str(exc)
-    problems = [
-        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']} (got {e['input']!r})"
-        for e in exc.errors()
-    ]
+    problems = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"])) or "value"
+        if field in flags:
+            field += f" ({flags[field]})"
+        problems.append(f"{field}: {e['msg']} (got {e['input']!r})")
     return f"invalid {exc.title}: " + "; ".join(problems)
 
 
