@@ -143,11 +143,10 @@ def restore_interrupted(path: str | os.PathLike[str]) -> None:
 
 
 def check_local_source(name: str, what: str) -> None:
-    """Raise LatentRAGError if ``name`` is written as a local path (absolute, ``./``, ``~``) that
+    """Raise CheckpointError if ``name`` is written as a local path (absolute, ``./``, ``~``) that
     does not exist: it is then no hub id either, and the hub's own error would say otherwise."""
-    if (os.path.isabs(name) or name.startswith((".", "~"))) and not Path(
-        name
-    ).expanduser().exists():
+    local = os.path.isabs(name) or name.startswith((".", "~"))
+    if local and not Path(name).expanduser().exists():
         raise CheckpointError(f"{what} {name!r}: no such local directory (and not a hub id)")
 
 

@@ -119,9 +119,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         elif not isinstance(value, str):  # e.g. a LangGraph state that is a pydantic model
             found = (getattr(value, k, None) for k in _QUESTION_KEYS)
             value = next((v for v in found if v is not None), value)
-        question = check_question(value, type(self).__name__)
-        question_prompt(self.model, question)  # too long: this input fails, not its whole batch
-        return question
+        return check_question(value, type(self).__name__)
 
     def _prepare(self) -> tuple[StoreSearcher, LoopOptions]:
         if not self._dim_checked:
@@ -176,11 +174,14 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         return [self._output(r, h) for r, h in zip(out.results, out.hits)]
 
     def _parse_all(self, inputs: list[Any]) -> tuple[list[int], list[str], list[Any]]:
-        """Indices and questions of the valid inputs; a ValueError in place of the others."""
+        """Indices and questions of the valid inputs; a ValueError in place of the others (empty,
+        or too long: one such input fails, not its whole batch)."""
         slots: list[Any] = []
         for value in inputs:
             try:
-                slots.append(self._question(value))
+                question = self._question(value)
+                question_prompt(self.model, question)
+                slots.append(question)
             except ValueError as exc:
                 slots.append(exc)
         valid = [i for i, s in enumerate(slots) if isinstance(s, str)]

@@ -160,7 +160,7 @@ def write_dataset(ds: WorldDataset, out: str | os.PathLike[str]) -> dict[str, An
 
     if (why := refusal(out)) is not None:
         raise LatentRAGError(why)
-    with atomic_path(out, owned=WORLD_FILES) as tmp:
+    with atomic_path(out) as tmp:  # refusal() has vetted what it replaces
         tmp.mkdir()
         write_jsonl_atomic(tmp / "corpus.jsonl", ds.corpus.docs)
         for split in SPLITS:
