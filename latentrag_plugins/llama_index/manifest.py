@@ -3,7 +3,8 @@ indexes (LlamaIndex does not persist the embed model).
 
 A persisted index directory gets ``latentrag_manifest.json`` next to LlamaIndex's own files::
 
-    {"dim": 384, "encoder_id": "sentence-transformers/all-MiniLM-L6-v2", "format": ...,
+    {"dim": 384, "encoder_fingerprint": "e6ec4a27420aa07c",
+     "encoder_id": "sentence-transformers/all-MiniLM-L6-v2", "format": ...,
      "vector_store": "llama_index.vector_stores.faiss.base.FaissVectorStore", ...}
 """
 
@@ -21,7 +22,7 @@ from llama_index.core import StorageContext, load_index_from_storage
 from llama_index.core.indices.vector_store.base import VectorStoreIndex
 
 from .._version import __version__
-from ..encoder import same_encoder
+from ..encoder_identity import loaded_from, same_encoder, weights_fingerprint
 from ..errors import EncoderMismatchError, StoreError
 from ..io_utils import write_json_atomic
 from .embedding import LatentRAGEmbedding, document_tower
@@ -61,7 +62,9 @@ def check_index(index: Any, model: Any) -> None:
     """Raise unless ``index``'s vectors come from ``model``'s document tower.
 
     The index's embed model (``index._embed_model``) must be a :class:`LatentRAGEmbedding` or
-    name the same encoder (``model_name``); the dimension is read from the vector store.
+    name the same encoder as ``model_name``: the same id, or the same weights (e.g. the folder
+    the tower was loaded from; :func:`~latentrag_plugins.encoder_identity.same_encoder`). The
+    dimension is read from the vector store.
 
     Args:
         index: A ``VectorStoreIndex``.
@@ -83,7 +86,7 @@ def check_index(index: Any, model: Any) -> None:
                 f"model's document tower {want_id!r} ({want_dim}-dim). {_HINT} (An embed model "
                 f"of that very encoder may instead say so: model_name={want_id!r}.)"
             )
-        if not same_encoder(name, want_id):
+        if not same_encoder(name, want_id, b_dir=loaded_from(model)):
             raise EncoderMismatchError(
                 f"the index embeds with {type(embed).__name__}(model_name={name!r}), but the "
                 f"LatentRAG model's document tower is {want_id!r} ({want_dim}-dim). {_HINT}"
@@ -137,12 +140,29 @@ def persist_index(index: VectorStoreIndex, persist_dir: str | os.PathLike[str], 
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "encoder_id": tower.encoder_id,
+            "encoder_fingerprint": _fingerprint(tower),
             "dim": int(tower.dim),
             "vector_store": _class_path(index.vector_store),
             "latentrag_plugins_version": __version__,
             "llama_index_core_version": llama_index.core.__version__,
         },
     )
+
+
+def _fingerprint(tower: Any) -> str | None:
+    """The weights fingerprint of the folder a tower was loaded from, when it has one."""
+    source = loaded_from(tower)
+    return weights_fingerprint(source) if source else None
+
+
+def _manifest_encoder_matches(manifest: dict[str, Any], tower: Any) -> bool:
+    """Whether a manifest's encoder is ``tower``'s: the ids name the same encoder
+    (:func:`~latentrag_plugins.encoder_identity.same_encoder`), and the weights fingerprints, where
+    both are known, agree (they differ when a folder's weights were replaced since)."""
+    saved, now = manifest.get("encoder_fingerprint"), _fingerprint(tower)
+    if isinstance(saved, str) and now is not None and saved != now:
+        return False
+    return same_encoder(str(manifest.get("encoder_id")), tower.encoder_id, b_dir=loaded_from(tower))
 
 
 def _vector_store_for(persist_dir: Path, manifest: dict[str, Any]) -> Any:
@@ -193,10 +213,12 @@ def load_index(
     if manifest is None:
         log.warning("%s has no %s; probing the index dimension only", root, MANIFEST_FILE)
     else:
-        if not same_encoder(str(manifest.get("encoder_id")), tower.encoder_id):
+        if not _manifest_encoder_matches(manifest, tower):
             raise EncoderMismatchError(
-                f"{root} was built with encoder {manifest.get('encoder_id')!r}, but the LatentRAG "
-                f"model's document tower is {tower.encoder_id!r}. Rebuild the index. {_HINT}"
+                f"{root} was built with encoder {manifest.get('encoder_id')!r} (weights "
+                f"{manifest.get('encoder_fingerprint')}), but the LatentRAG model's document tower "
+                f"is {tower.encoder_id!r} (weights {_fingerprint(tower)}). Rebuild the index. "
+                f"{_HINT}"
             )
         if int(manifest.get("dim", -1)) != int(tower.dim):
             raise EncoderMismatchError(
