@@ -7,7 +7,8 @@ every API works; pass a trained checkpoint directory to see real ones::
     python examples/langchain_quickstart.py            # tiny random model
     python examples/langchain_quickstart.py CKPT_DIR   # a saved LatentRAG checkpoint
 
-Needs ``pip install "latentrag-plugins[langchain]"``.
+Needs ``pip install "latentrag-plugins[langchain]"``; the agent part (step 6) also needs
+``pip install langchain`` for ``langchain.agents.create_agent``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 from langchain_core.tools import create_retriever_tool
 from langchain_core.vectorstores import InMemoryVectorStore
 
@@ -90,6 +93,37 @@ def main(argv: list[str]) -> None:
     #    the store's native async search; InMemoryVectorStore's gives no scores: None here.)
     tool = create_retriever_tool(retriever, "search_corpus", "Search the example corpus.")
     asyncio.run(show_events(tool))
+
+    # 6. The tool in an agent: `langchain.agents.create_agent` (LangChain 1.x; it replaces
+    #    LangGraph's deprecated `create_react_agent`). Use your own chat model in place of the
+    #    scripted stand-in.
+    from langchain.agents import create_agent
+
+    agent = create_agent(ScriptedChatModel(tool_name=tool.name), tools=[tool])
+    state = agent.invoke({"messages": [{"role": "user", "content": QUESTION}]})
+    print("agent:", state["messages"][-1].content[:100])
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """An offline stand-in for your agent's chat model: calls the tool once, then answers with
+    the documents' titles."""
+
+    tool_name: str
+    messages: Any = None
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+        return self
+
+    def _generate(self, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+        found = [m for m in messages if m.type == "tool"]
+        if found:
+            titles = [line for line in found[-1].content.splitlines() if line][:1]
+            reply = AIMessage(content=f"The corpus says: {titles}")
+        else:
+            call = {"name": self.tool_name, "args": {"query": QUESTION}, "id": "call-1"}
+            reply = AIMessage(content="", tool_calls=[call])
+        self.messages = iter([reply])
+        return super()._generate(messages, *args, **kwargs)
 
 
 async def show_events(tool: Any) -> None:

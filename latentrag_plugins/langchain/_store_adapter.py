@@ -3,14 +3,18 @@
 A :class:`StoreSearcher` picks, once, how to search a store:
 
 - sync: ``similarity_search_with_score_by_vector`` where the store has it (raw scores), else
+  ``similarity_search_by_vector_with_relevance_scores`` (Chroma's scored search), else
   ``similarity_search_by_vector`` (no scores);
 - async: the store's own ``asimilarity_search_with_score_by_vector``, else its own (overridden)
-  ``asimilarity_search_by_vector``; only a store with neither runs the sync search in a worker
-  thread (never ``VectorStore``'s executor fallback, which would also drop the scores).
+  ``asimilarity_search_by_vector``; only a store with neither (Chroma, Qdrant) runs the sync
+  search in a worker thread (never ``VectorStore``'s executor fallback, which would also drop
+  the scores).
 
 Scores are the store's raw scores: a similarity (higher is better) for ``InMemoryVectorStore``
 and Qdrant with cosine distance, an L2 distance (lower is better) for the community FAISS store
-with its default ``EUCLIDEAN_DISTANCE`` strategy.
+with its default ``EUCLIDEAN_DISTANCE`` strategy, and the collection's distance (lower is
+better, despite the method's name) for Chroma: squared L2 by default, ``1 - cos`` for a cosine
+collection, ``1 - dot`` for an inner-product one.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ if TYPE_CHECKING:
     from ..model import LatentRAG
 
 _SYNC_SCORED, _SYNC = "similarity_search_with_score_by_vector", "similarity_search_by_vector"
+_SYNC_RELEVANCE = "similarity_search_by_vector_with_relevance_scores"  # Chroma: distances
 _ASYNC_SCORED, _ASYNC = "a" + _SYNC_SCORED, "a" + _SYNC
+_SCORED = {_SYNC_SCORED, _SYNC_RELEVANCE, _ASYNC_SCORED}
+_CHROMA_MODULES = ("langchain_chroma.", "langchain_community.vectorstores.chroma")
 
 
 def _own(store: Any, name: str) -> bool:
@@ -58,12 +65,14 @@ class StoreSearcher:
                 "step with top_k (and the retriever's total with k)"
             )
         self.name = type(store).__name__
-        self.sync = next((m for m in (_SYNC_SCORED, _SYNC) if _own(store, m)), None)
+        sync = (_SYNC_SCORED, _SYNC_RELEVANCE, _SYNC)
+        self.sync = next((m for m in sync if _own(store, m)), None)
         self.native_async = next((m for m in (_ASYNC_SCORED, _ASYNC) if _own(store, m)), None)
         if self.sync is None and self.native_async is None:
             raise StoreError(
-                f"{self.name} cannot search by vector: it implements neither {_SYNC_SCORED} nor "
-                f"{_SYNC}, which LatentRAG needs to search with its latent query embeddings. "
+                f"{self.name} cannot search by vector: it implements none of {_SYNC_SCORED}, "
+                f"{_SYNC_RELEVANCE} and {_SYNC}, which LatentRAG needs to search with its latent "
+                "query embeddings. "
                 "Use a vector store that supports search by vector."
             )
 
@@ -95,7 +104,7 @@ class StoreSearcher:
     def _hits(self, out: Any, method: str, k: int) -> list[Hit]:
         """Normalise a search result to ``[(Document, float | None)]`` (scores as floats)."""
         hits: list[Hit] = []
-        scored = method.endswith("with_score_by_vector")
+        scored = method in _SCORED
         for item in list(out)[:k]:
             doc, score = item if scored and isinstance(item, tuple) else (item, None)
             if not hasattr(doc, "page_content") or (scored and not isinstance(item, tuple)):
@@ -125,8 +134,9 @@ def store_embeddings(store: Any) -> Embeddings | None:
 def probe_dim(store: Any) -> int | None:
     """Dimension of the vectors in a store, read from its index; None when it can't tell.
 
-    Knows a FAISS index (``index.d``), ``InMemoryVectorStore`` (a stored vector) and Qdrant
-    (the collection's vector size); any store with an int ``dim`` attribute works too.
+    Knows a FAISS index (``index.d``), ``InMemoryVectorStore`` (a stored vector), Chroma (a
+    stored vector) and Qdrant (the collection's vector size); any store with an int ``dim``
+    attribute works too.
     """
     d = getattr(getattr(store, "index", None), "d", None) or getattr(store, "dim", None)
     if isinstance(d, int) and d > 0:
@@ -136,6 +146,8 @@ def probe_dim(store: Any) -> int | None:
         first = next(iter(vectors.values()))
         if isinstance(first, dict) and first.get("vector") is not None:
             return len(first["vector"])
+    if type(store).__module__.startswith(_CHROMA_MODULES):
+        return _chroma_dim(store)
     name = getattr(store, "collection_name", None)
     if isinstance(name, str) and hasattr(getattr(store, "client", None), "get_collection"):
         try:
@@ -147,6 +159,15 @@ def probe_dim(store: Any) -> int | None:
         size = getattr(params, "size", None)
         return int(size) if size else None
     return None
+
+
+def _chroma_dim(store: Any) -> int | None:
+    """The length of a stored vector of a Chroma store; None while it is empty."""
+    try:
+        vectors = store.get(limit=1, include=["embeddings"]).get("embeddings")
+    except Exception:  # best effort: the search itself reports a broken collection
+        return None
+    return len(vectors[0]) if vectors is not None and len(vectors) else None
 
 
 def _declared_model(emb: Embeddings) -> str | None:
