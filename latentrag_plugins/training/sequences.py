@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..inference import _budget_exhausted
 from .trajectories import Trajectory
 
 if TYPE_CHECKING:
+    from ..config import LatentRAGConfig
     from ..model import LatentRAG
 
 
@@ -79,6 +79,14 @@ class TrainExample:
         for p in self.label_pos:
             out[p] = self.input_ids[p + 1]
         return out
+
+
+def _budget_exhausted(used: int, cfg: LatentRAGConfig, reserve: int) -> bool:
+    """True when another step (documents and slots) no longer fits a context of ``used`` tokens
+    beside ``reserve`` answer tokens. The inference loop applies the same rule and stops
+    retrieving there, so a trajectory that retrieves on cannot be replayed."""
+    left = cfg.max_context_tokens - used - reserve
+    return left < 2 * (cfg.n_think + cfg.n_query) + 16
 
 
 def decode_target(model: LatentRAG, text: str) -> list[int]:
