@@ -1,10 +1,10 @@
-"""Vector stores: the store protocol and the embedded FAISS store."""
+"""Vector stores: the store protocol, the embedded FAISS store and its matrix-product search."""
 
 from __future__ import annotations
 
 from .base import Encoder, VectorStore, check_compatible
 
-__all__ = ["Encoder", "VectorStore", "check_compatible", "FaissStore"]
+__all__ = ["Encoder", "VectorStore", "check_compatible", "FaissStore", "TorchSearch"]
 
 
 def __getattr__(name: str):  # lazy: faiss is optional
@@ -12,4 +12,8 @@ def __getattr__(name: str):  # lazy: faiss is optional
         from .faiss_store import FaissStore
 
         return FaissStore
+    if name == "TorchSearch":
+        from .torch_search import TorchSearch
+
+        return TorchSearch
     raise AttributeError(name)

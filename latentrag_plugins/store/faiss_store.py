@@ -1,10 +1,10 @@
-"""The embedded vector store: an exact inner-product FAISS index plus document texts and a manifest.
+"""The embedded vector store: an exact inner-product FAISS index plus document texts and a manifest
+(saved as a directory, see :mod:`.faiss_files`).
 
-A saved store is a directory::
-
-    index.faiss    FAISS IndexFlatIP (always the CPU index)
-    docs.jsonl     one {"id", "contents"[, "metadata"]} per vector, in index order
-    manifest.json  encoder_id, dim, metric, normalized, count, versions
+Searches run where :meth:`FaissStore.to` says: by default on the GPU when torch sees one and the
+vectors fit (an exact matrix-product search, :mod:`.torch_search`), else on the CPU, where FAISS
+answers small batches and a matrix product larger ones (one pass over the vectors per batch).
+With faiss-gpu, FAISS searches on the GPU instead.
 
 faiss is imported lazily, so ``import latentrag_plugins`` never needs it.
 """
@@ -20,29 +20,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import StoreError
-from ..extras import require
-from ..io_utils import atomic_path, readable_dir, replaceable_dir
+from ..io_utils import atomic_path
 from ..results import RetrievedDoc
 from .base import Encoder, check_compatible
 from .corpus import read_docs_jsonl, write_docs_jsonl
+from .faiss_files import (
+    DOCS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    read_index,
+    read_manifest,
+    refusal,
+)
+from .faiss_files import import_faiss as _faiss
+from .placement import GPU_MEMORY_FRACTION, check_request, place_search
+from .rwlock import ReadWriteLock
+from .torch_search import TorchSearch
+from .vectors import as_matrix, document_matrix, query_matrix
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "latentrag-faiss-store"
-FORMAT_VERSION = 1
-INDEX_FILE = "index.faiss"
-DOCS_FILE = "docs.jsonl"
-MANIFEST_FILE = "manifest.json"
+__all__ = ["FaissStore", "refusal"]
+
 GPU_MAX_K = 2048  # faiss GPU indexes return at most this many neighbours
-
-
-def _faiss() -> Any:
-    """Import faiss, or raise an ImportError naming the extra that installs it."""
-    return require("faiss", "faiss", "the embedded FAISS store")
+TORCH_MIN_BATCH = 4  # on the CPU, batches of at least this many queries use the matrix product
 
 
 def _gpu_available(faiss: Any) -> bool:
@@ -50,42 +58,12 @@ def _gpu_available(faiss: Any) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    """Turn a numpy array or torch tensor into a C-contiguous float32 numpy array."""
-    if hasattr(x, "detach"):  # torch tensor (any device / dtype); avoids importing torch
-        x = x.detach().float().cpu().numpy()
-    try:
-        return np.ascontiguousarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{name} must be a numeric array: {exc}") from None
-
-
-def _row_norms(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """L2 norms of the rows of ``x`` (N, dim) -> (N,), in chunks to bound temporary memory."""
-    out = np.empty(x.shape[0], dtype=np.float32)  # (N,)
-    for i in range(0, x.shape[0], chunk):
-        part = x[i : i + chunk]  # (c, dim)
-        out[i : i + chunk] = np.sqrt(np.einsum("ij,ij->i", part, part))
-    return out
-
-
-def refusal(path: str | os.PathLike[str]) -> str | None:
-    """Why :meth:`FaissStore.save` would refuse ``path`` (None: it may write there): a file, or
-    a non-empty directory that is not a FaissStore's. Check it before building a store."""
-    return replaceable_dir(
-        path,
-        manifest=MANIFEST_FILE,
-        fmt=FORMAT,
-        owned=(INDEX_FILE, DOCS_FILE, MANIFEST_FILE),
-        what="FaissStore",
-    )
-
-
 class FaissStore:
     """Exact inner-product search over L2-normalised document embeddings (cosine similarity).
 
     Implements the :class:`~latentrag_plugins.store.base.VectorStore` protocol. Scores are inner
-    products, higher is better.
+    products, higher is better. Searching from several threads at once is safe, also while
+    another thread adds documents (an add waits for the searches in flight, and they for it).
 
     Attributes:
         encoder_id: Id of the encoder that made the vectors.
@@ -97,11 +75,31 @@ class FaissStore:
     metric: str = "inner_product"
     normalized: bool = True
 
-    def __init__(self, encoder_id: str, dim: int, *, use_gpu: bool | None = None) -> None:
+    def __init__(
+        self,
+        encoder_id: str,
+        dim: int,
+        *,
+        use_gpu: bool | None = None,
+        search_device: str | torch.device | None = "auto",
+        search_dtype: str | torch.dtype | None = None,
+    ) -> None:
         """Create an empty store for ``dim``-dim vectors of encoder ``encoder_id``.
 
-        ``use_gpu`` moves the index to GPU 0 after build / load: True, False, or None (auto: if
-        this faiss build has GPU support and sees a GPU).
+        Args:
+            encoder_id: Id of the encoder that makes the vectors.
+            dim: Embedding dimension.
+            use_gpu: Move the FAISS index to GPU 0 after build / load (needs faiss-gpu): True,
+                False, or None (auto: if this faiss build has GPU support and sees a GPU).
+            search_device: Where searches run without faiss-gpu: ``"auto"`` (a CUDA GPU when
+                torch sees one and the vectors take at most half its free memory, else the
+                CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:i"``. See :meth:`to`.
+            search_dtype: The vectors' dtype on a GPU: ``"float16"`` (None, the default),
+                ``"bfloat16"`` or ``"float32"``. The CPU always searches float32 vectors.
+
+        Raises:
+            StoreError: ``dim`` is not positive.
+            ValueError: An unknown ``search_device``, or a CUDA one on a machine without CUDA.
         """
         if int(dim) <= 0:
             raise StoreError(f"dim must be positive, got {dim}")
@@ -114,6 +112,14 @@ class FaissStore:
         self._index: Any = faiss.IndexFlatIP(self.dim)
         self._gpu_res: Any = None
         self._use_gpu = use_gpu
+        check_request(search_device, search_dtype)
+        self._want_device = search_device
+        self._want_dtype = search_dtype
+        self._memory_fraction = GPU_MEMORY_FRACTION
+        self._torch: TorchSearch | None = None  # the matrix-product search, once placed
+        self._placed = False  # False: (re)place the torch search before the next search
+        self._lock = ReadWriteLock()  # searches read; add, placement and to() write
+        self._name = f"FaissStore (encoder {self.encoder_id!r})"  # for messages
 
     # ---------------------------------------------------------------- building
 
@@ -127,6 +133,8 @@ class FaissStore:
         show_progress: bool = True,
         chunk_size: int = 4096,
         use_gpu: bool | None = None,
+        search_device: str | torch.device | None = "auto",
+        search_dtype: str | torch.dtype | None = None,
     ) -> FaissStore:
         """Embed documents with ``encoder`` and index them.
 
@@ -140,6 +148,8 @@ class FaissStore:
             show_progress: Show a progress bar over documents.
             chunk_size: Documents embedded and added to the index per chunk.
             use_gpu: See :meth:`__init__`; the index moves to the GPU after building.
+            search_device: See :meth:`__init__`.
+            search_dtype: See :meth:`__init__`.
 
         Returns:
             The new store.
@@ -149,13 +159,19 @@ class FaissStore:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        store = cls(encoder.encoder_id, encoder.dim, use_gpu=False)
+        store = cls(
+            encoder.encoder_id,
+            encoder.dim,
+            use_gpu=False,
+            search_device=search_device,
+            search_dtype=search_dtype,
+        )
         total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
         it = iter(docs)
         with tqdm(total=total, desc="Embedding", unit="doc", disable=not show_progress) as bar:
             while chunk := list(itertools.islice(it, max(1, chunk_size))):
                 texts = [str(d.text) for d in chunk]
-                emb = _as_matrix(
+                emb = as_matrix(
                     encoder.embed_documents(texts, batch_size=batch_size, show_progress=False),
                     "encoder output",
                 )  # (n, dim)
@@ -169,8 +185,7 @@ class FaissStore:
                 bar.update(len(chunk))
         if len(store) == 0:
             raise StoreError("no documents to index (the corpus is empty)")
-        store._use_gpu = use_gpu
-        store._maybe_to_gpu()
+        store._settle(use_gpu)
         return store
 
     @classmethod
@@ -185,15 +200,18 @@ class FaissStore:
         *,
         normalize: bool = False,
         use_gpu: bool | None = None,
+        search_device: str | torch.device | None = "auto",
+        search_dtype: str | torch.dtype | None = None,
     ) -> FaissStore:
         """Make a store from precomputed vectors (fast path for large or synthetic stores).
 
         Arguments are those of :meth:`__init__` and :meth:`add`. The store may be empty (N == 0).
         """
-        store = cls(encoder_id, dim, use_gpu=False)
+        store = cls(
+            encoder_id, dim, use_gpu=False, search_device=search_device, search_dtype=search_dtype
+        )
         store.add(ids, texts, embeddings, metadata=metadata, normalize=normalize)
-        store._use_gpu = use_gpu
-        store._maybe_to_gpu()
+        store._settle(use_gpu)
         return store
 
     def add(
@@ -217,46 +235,31 @@ class FaissStore:
         Raises:
             StoreError: On mismatched lengths or dimension, duplicate ids, or unnormalised rows.
         """
-        emb = _as_matrix(embeddings, "embeddings")  # (N, dim)
         n = len(ids)
-        if n == 0 and emb.size == 0:
-            emb = emb.reshape(0, self.dim)  # e.g. an empty list
-        if emb.ndim != 2 or emb.shape[0] != n or (n and emb.shape[1] != self.dim):
-            raise StoreError(
-                f"embeddings have shape {emb.shape}; expected ({n}, {self.dim}) for {n} ids "
-                f"(store dim {self.dim})"
-            )
+        emb = document_matrix(embeddings, n, self.dim, normalize=normalize)  # (N, dim)
         if len(texts) != n or (metadata is not None and len(metadata) != n):
             raise StoreError(f"got {n} ids but {len(texts)} texts / metadata of another length")
         if n == 0:
             return
         new_ids = list(map(str, ids))
-        uniq = set(new_ids)
-        if len(uniq) != n or not uniq.isdisjoint(self._ids):
-            seen = set(self._ids)
-            for doc_id in new_ids:
-                if doc_id in seen:
-                    raise StoreError(f"duplicate document id {doc_id!r}")
-                seen.add(doc_id)
-        norms = _row_norms(emb)  # (N,); NaN / inf if a row has NaN / inf
-        if not np.isfinite(norms).all():
-            raise StoreError("embeddings contain NaN or infinite values")
-        if normalize:
-            emb = emb / np.maximum(norms, 1e-12)[:, None]  # (N, dim), a copy
-        elif not np.allclose(norms, 1.0, atol=1e-3):
-            raise StoreError(
-                "embeddings are not L2-normalised (norms from "
-                f"{norms.min():.4g} to {norms.max():.4g}); pass normalize=True"
-            )
-        self._index.add(emb)
-        self._ids.extend(new_ids)
-        self._texts.extend(map(str, texts))
-        if metadata is not None and any(metadata):
-            if self._meta is None:  # first metadata: backfill empty dicts for earlier docs
-                self._meta = [{} for _ in range(len(self._ids) - n)]
-            self._meta.extend(dict(m or {}) for m in metadata)
-        elif self._meta is not None:
-            self._meta.extend({} for _ in range(n))
+        with self._lock.write():  # (FAISS may move its vectors: no search may read them now)
+            uniq = set(new_ids)
+            if len(uniq) != n or not uniq.isdisjoint(self._ids):
+                seen = set(self._ids)
+                for doc_id in new_ids:
+                    if doc_id in seen:
+                        raise StoreError(f"duplicate document id {doc_id!r}")
+                    seen.add(doc_id)
+            self._index.add(emb)
+            self._ids.extend(new_ids)
+            self._texts.extend(map(str, texts))
+            if metadata is not None and any(metadata):
+                if self._meta is None:  # first metadata: backfill empty dicts for earlier docs
+                    self._meta = [{} for _ in range(len(self._ids) - n)]
+                self._meta.extend(dict(m or {}) for m in metadata)
+            elif self._meta is not None:
+                self._meta.extend({} for _ in range(n))
+            self._torch, self._placed = None, False
 
     # ---------------------------------------------------------------- GPU
 
@@ -282,6 +285,73 @@ class FaissStore:
         """The index as a CPU index (a copy if it lives on the GPU)."""
         return _faiss().index_gpu_to_cpu(self._index) if self.on_gpu else self._index
 
+    @property
+    def search_device(self) -> torch.device:
+        """Where searches run now (a batch of one runs in FAISS when this is the CPU)."""
+        if self.on_gpu:
+            return torch.device("cuda", 0)
+        return self._torch.device if self._torch is not None else torch.device("cpu")
+
+    def to(
+        self,
+        device: str | torch.device,
+        *,
+        dtype: str | torch.dtype | None = None,
+        memory_fraction: float | None = None,
+    ) -> FaissStore:
+        """Search on ``device`` from now on; returns the store.
+
+        On a GPU the vectors are copied there once (``dtype``, default float16, halves their
+        size); queries and results cross over per batch. If the copy, with one chunk of scores,
+        would take more than ``memory_fraction`` (default 0.5) of the GPU's free memory, a
+        warning says how much it needs and searches stay on the CPU. With faiss-gpu, ``"cpu"``
+        moves the FAISS index back to the CPU.
+
+        Args:
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:i"`` or ``"auto"``.
+            dtype: The vectors' dtype on a GPU (``"float16"``, ``"bfloat16"``, ``"float32"``).
+            memory_fraction: Share of the GPU's free memory the vectors may take.
+
+        Raises:
+            ValueError: An unknown device or dtype, or a CUDA device on a machine without CUDA.
+        """
+        check_request(device, dtype)
+        with self._lock.write():
+            if self.on_gpu and str(device) == "cpu":
+                self._index, self._gpu_res = self._cpu_index(), None
+            self._want_device = device
+            self._want_dtype = dtype if dtype is not None else self._want_dtype
+            if memory_fraction is not None:
+                self._memory_fraction = float(memory_fraction)
+            self._place()
+        return self
+
+    def _settle(self, use_gpu: bool | None) -> None:
+        """After build or load: move the index to faiss-gpu if asked, then place the search."""
+        self._use_gpu = use_gpu
+        with self._lock.write():
+            self._maybe_to_gpu()
+            self._place()
+
+    def _place(self) -> None:
+        """Set up the matrix-product search where asked (call under the write lock)."""
+        self._torch = None  # (frees the old GPU copy before the new one is made)
+        if not self.on_gpu and len(self) > 0:
+            self._torch = place_search(
+                self._matrix(),
+                self._want_device,
+                self._want_dtype,
+                memory_fraction=self._memory_fraction,
+                owner=self._index,
+                name=self._name,
+            )
+        self._placed = True
+
+    def _matrix(self) -> np.ndarray:
+        """The CPU index's vectors (N, dim), a view of FAISS's memory: valid until an add."""
+        n = self._index.ntotal
+        return _faiss().rev_swig_ptr(self._index.get_xb(), n * self.dim).reshape(n, self.dim)
+
     # ---------------------------------------------------------------- search
 
     def __len__(self) -> int:
@@ -289,7 +359,7 @@ class FaissStore:
         return len(self._ids)
 
     def __repr__(self) -> str:
-        dev = "gpu" if self.on_gpu else "cpu"
+        dev = "faiss-gpu" if self.on_gpu else str(self.search_device)
         return f"FaissStore(encoder_id={self.encoder_id!r}, dim={self.dim}, n={len(self)}, {dev})"
 
     @property
@@ -309,7 +379,7 @@ class FaissStore:
         ``score`` is the inner product. Raises StoreError on an empty store, a wrong dimension or
         non-finite values.
         """
-        q = _as_matrix(embedding, "query embedding")
+        q = as_matrix(embedding, "query embedding")
         if q.ndim == 2 and q.shape[0] == 1:
             q = q[0]
         if q.ndim != 1:
@@ -320,28 +390,42 @@ class FaissStore:
         return self.search_batch(q[None, :], k)[0]
 
     def search_batch(self, embeddings: Any, k: int) -> list[list[RetrievedDoc]]:
-        """Return the top-``k`` documents for each query of ``embeddings`` (B, dim); see search."""
-        q = _as_matrix(embeddings, "query embeddings")  # (B, dim)
-        if q.ndim != 2:
-            raise StoreError(f"search_batch() takes shape (B, {self.dim}), got shape {q.shape}")
-        if q.shape[1] != self.dim:
-            raise StoreError(
-                f"query embedding has dimension {q.shape[1]}, but the store holds {self.dim}-dim "
-                f"vectors (encoder {self.encoder_id!r})"
-            )
+        """Return the top-``k`` documents for each query of ``embeddings`` (B, dim); see search.
+
+        One call reads the vectors once for the whole batch: batch concurrent queries into one
+        call rather than calling :meth:`search` for each.
+        """
+        q = query_matrix(embeddings, self.dim, self.encoder_id)  # (B, dim)
         if len(self) == 0:
             raise StoreError("the store is empty: index some documents first")
         if int(k) < 1:
             raise StoreError(f"k must be at least 1, got {k}")
-        if not np.isfinite(q).all():
-            raise StoreError("query embedding contains NaN or infinite values")
         if q.shape[0] == 0:
             return []
+        if not self._placed:  # (new documents since the last search)
+            with self._lock.write():
+                if not self._placed:
+                    self._place()
+        with self._lock.read():
+            search = self._torch
+            if search is not None and (search.device.type != "cpu" or len(q) >= TORCH_MIN_BATCH):
+                scores, idx = search.search(q, k)  # (B, k), (B, k)
+            else:
+                scores, idx = self.faiss_search(q, k)
+            return self._docs(scores, idx)
+
+    def faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The plain FAISS search of checked float32 ``queries`` (B, dim): ``(scores, indices)``,
+        each (B, min(k, N)) (FAISS-GPU returns at most 2048). Not locked: the reference that the
+        faster paths are tested against."""
         k = min(int(k), len(self))
         if self.on_gpu and k > GPU_MAX_K:
             logger.warning("FaissStore: k=%d clamped to %d on the GPU", k, GPU_MAX_K)
             k = GPU_MAX_K
-        scores, idx = self._index.search(q, k)  # (B, k), (B, k)
+        return self._index.search(queries, k)  # (B, k), (B, k)
+
+    def _docs(self, scores: np.ndarray, idx: np.ndarray) -> list[list[RetrievedDoc]]:
+        """The documents at ``idx`` (B, k) with their ``scores`` (B, k), row by row."""
         out: list[list[RetrievedDoc]] = []
         for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True):
             out.append(
@@ -406,6 +490,8 @@ class FaissStore:
         encoder_id: str | None = None,
         dim: int | None = None,
         use_gpu: bool | None = None,
+        search_device: str | torch.device | None = "auto",
+        search_dtype: str | torch.dtype | None = None,
     ) -> FaissStore:
         """Load a store saved by :meth:`save`.
 
@@ -414,6 +500,8 @@ class FaissStore:
             encoder_id: If given, the store must have been built with this encoder.
             dim: If given, the store must hold vectors of this dimension.
             use_gpu: See :meth:`__init__`.
+            search_device: See :meth:`__init__` (``"auto"``: the GPU when the vectors fit).
+            search_dtype: See :meth:`__init__`.
 
         Returns:
             The store.
@@ -422,55 +510,18 @@ class FaissStore:
             StoreError: If a file is missing or corrupt (the message names it).
             EncoderMismatchError: If ``encoder_id`` or ``dim`` differ from the manifest's.
         """
-        root = readable_dir(path)
-        if not root.is_dir():
-            raise StoreError(f"{root}: store directory not found")
-        mpath = root / MANIFEST_FILE
-        try:
-            man = json.loads(mpath.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(f"{mpath}: missing store manifest") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{mpath}: corrupt store manifest ({exc})") from None
-        if isinstance(man, dict) and man.get("format", FORMAT) != FORMAT:
-            raise StoreError(f"{root}: is a {man['format']} directory, not a {FORMAT}")
-        try:
-            if int(man["format_version"]) > FORMAT_VERSION:
-                raise StoreError(
-                    f"{mpath}: format version {man['format_version']} is newer than this "
-                    f"library supports ({FORMAT_VERSION}); upgrade latentrag-plugins"
-                )
-            store = cls(str(man["encoder_id"]), int(man["dim"]), use_gpu=False)
-            count = int(man["count"])
-            metric = man.get("metric", cls.metric)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{mpath}: corrupt store manifest (bad or missing {exc})") from None
-        if metric != cls.metric:
-            raise StoreError(f"{mpath}: not a {FORMAT} manifest with metric {cls.metric!r}")
+        root, enc_id, store_dim, count = read_manifest(path)
+        store = cls(
+            enc_id, store_dim, use_gpu=False, search_device=search_device, search_dtype=search_dtype
+        )
+        store._name = f"FaissStore at {root}"
         if encoder_id is not None or dim is not None:
             check_compatible(
                 store,
                 encoder_id if encoder_id is not None else store.encoder_id,
                 dim if dim is not None else store.dim,
             )
-
-        faiss = _faiss()
-        ipath = root / INDEX_FILE
-        if not ipath.is_file():
-            raise StoreError(f"{ipath}: missing index file")
-        try:
-            index = faiss.read_index(str(ipath))
-        except RuntimeError as exc:
-            raise StoreError(f"{ipath}: corrupt index file ({str(exc).splitlines()[0]})") from None
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise StoreError(f"{ipath}: index does not use the inner-product metric")
-        if index.d != store.dim or index.ntotal != count:
-            raise StoreError(
-                f"{ipath}: index holds {index.ntotal} vectors of dim {index.d}, but {mpath.name} "
-                f"says {count} of dim {store.dim}"
-            )
-        store._index = index
+        store._index = read_index(root, store.dim, count)
         store._ids, store._texts, store._meta = read_docs_jsonl(root / DOCS_FILE, count)
-        store._use_gpu = use_gpu
-        store._maybe_to_gpu()
+        store._settle(use_gpu)
         return store
