@@ -14,7 +14,9 @@ mixes the faster of each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -68,20 +70,26 @@ class BatchedContext:
             )
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=self.device)  # (B, L)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=self.device)  # (B,)
+        # Per row, the ids of its real cached positions in order (-1 where embeddings were fed).
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
         self.passes = 0
         self._cache_dtype: torch.dtype | None = None  # of the last pass (None: empty cache)
         self._lean_ok: dict[int, bool] = {}  # id(decoder) -> lean_decoder.supports(decoder)
 
     def feed(
-        self, chunks: list[list[int]], branch: int = 0, keep: int | None = None
+        self,
+        chunks: list[list[int]],
+        branch: int | Sequence[int] = 0,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """Feed one list of token ids per row (empty: nothing for that row) in one forward pass.
 
         Args:
             chunks: Token ids per row.
             branch: If positive, each row's last token is a branch: it skips the ``branch``
-                tokens before it, in attention and in position, as if they were not there.
-                Check :attr:`can_branch` first.
+                tokens before it, in attention and in position, as if they were not there. One
+                value for every row, or one per row (0: no branch). Check :attr:`can_branch`
+                first.
             keep: Return only the last ``keep`` positions (the lean decoder then computes only
                 those in its last layer); the cache gets every position either way.
 
@@ -97,7 +105,10 @@ class BatchedContext:
             [[0] * (width - len(c)) + [1] * len(c) for c in chunks], device=self.device
         )  # (B, Lc)
         parts = self._parts_for(width)
-        return self._forward(parts, parts.embed(ids), new, branch, keep)
+        for row, chunk in zip(self.tokens, chunks):
+            row.extend(chunk)
+        branches = [branch] * len(chunks) if isinstance(branch, int) else list(branch)
+        return self._forward(parts, parts.embed(ids), new, branches, keep)
 
     def feed_embeds(
         self, embeds: torch.Tensor, new: torch.Tensor, keep: int | None = None
@@ -106,7 +117,14 @@ class BatchedContext:
         ``keep`` as in :meth:`feed`."""
         parts = self._parts_for(embeds.shape[1])
         embeds = embeds.to(parts.embed.weight.dtype)
+        for row, n in zip(self.tokens, new.sum(1).tolist()):
+            row.extend([-1] * n)
         return self._forward(parts, embeds, new.to(self.device), keep=keep)
+
+    def pass_dtype(self, width: int) -> torch.dtype:
+        """The dtype a pass feeding ``width`` tokens per row runs in (and its cache is cast to)."""
+        parts = self._narrow if self._wide is None or width < WIDE_FROM else self._wide
+        return parts.embed.weight.dtype
 
     def _parts_for(self, width: int) -> _Parts:
         """The model that runs a pass of ``width`` tokens; casts the cache to its dtype."""
@@ -136,16 +154,17 @@ class BatchedContext:
         parts: _Parts,
         embeds: torch.Tensor,
         new: torch.Tensor,
-        branch: int = 0,
+        branches: list[int] | None = None,
         keep: int | None = None,
     ) -> torch.Tensor:
         embeds, new = _pad_to_bucket(embeds, new)
         pos = (self.next_pos[:, None] + new.cumsum(1) - 1).clamp(min=0)  # (B, Lc)
         mask = torch.cat([self.mask, new], dim=1)  # (B, L + Lc)
         attn = mask
-        if branch > 0:
-            pos[:, -1] = (pos[:, -1] - branch).clamp(min=0)
-            attn = self._branch_mask(mask, new.shape[1], branch, embeds.dtype)  # (B,1,Lc,L+Lc)
+        if branches and any(branches):
+            skip = torch.tensor(branches, device=self.device)  # (B,)
+            pos[:, -1] = (pos[:, -1] - skip).clamp(min=0)
+            attn = self._branch_mask(mask, new.shape[1], branches, embeds.dtype)  # (B,1,Lc,L+Lc)
         if self._lean(parts.decoder):
             hidden = lean_forward(parts.decoder, embeds, attn, pos, self.cache, keep)
         else:
@@ -153,8 +172,8 @@ class BatchedContext:
                 inputs_embeds=embeds,
                 attention_mask=attn,
                 position_ids=pos,
-                past_key_values=self.cache,
                 use_cache=True,
+                **{_cache_keyword(parts.decoder): self.cache},
             ).last_hidden_state
             hidden = hidden if keep is None else hidden[:, -keep:]
         self.mask = mask
@@ -170,14 +189,17 @@ class BatchedContext:
         return self._lean_ok[id(decoder)]
 
     def _branch_mask(
-        self, mask: torch.Tensor, width: int, branch: int, dtype: torch.dtype
+        self, mask: torch.Tensor, width: int, branches: list[int], dtype: torch.dtype
     ) -> torch.Tensor:
-        """The 4D attention mask of a pass whose last token skips the ``branch`` before it."""
+        """The 4D attention mask of a pass whose rows' last tokens skip the ``branches[row]``
+        tokens before them."""
         total = mask.shape[1]
         q = torch.arange(total - width, total, device=self.device)[:, None]  # (Lc, 1)
         k = torch.arange(total, device=self.device)[None, :]  # (1, L + Lc)
         seen = (k <= q) & mask.bool()[:, None, :]  # (B, Lc, L + Lc)
-        seen[:, -1, total - 1 - branch : total - 1] = False
+        for row, branch in enumerate(branches):
+            if branch > 0:
+                seen[row, -1, total - 1 - branch : total - 1] = False
         seen |= k == q  # every query sees itself, so padding rows never attend to nothing
         # Additive, so sdpa does not convert a boolean mask again in every layer.
         sdpa = self.decoder.config._attn_implementation == "sdpa"
@@ -208,6 +230,9 @@ class BatchedContext:
             self.mask = torch.cat([self.mask[:, : end - n], self.mask[:, end:]], dim=1)
         else:
             self.mask[rows, end - n : end] = 0
+        for row in rows:
+            tokens = self.tokens[row]
+            del tokens[len(tokens) - n - keep : len(tokens) - keep]
         self.next_pos[rows] -= n
 
     def logits(self, h: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
@@ -221,6 +246,18 @@ class BatchedContext:
             return out if rows is None else out[..., rows]
         bias = None if head.bias is None else head.bias[rows]
         return torch.nn.functional.linear(h, head.weight[rows], bias).float()  # (..., len(rows))
+
+
+@functools.cache
+def _cache_keyword_of(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_keyword(decoder: torch.nn.Module) -> str:
+    """The name under which ``decoder.forward`` takes its KV cache (``cache`` in recent
+    transformers, ``past_key_values`` before)."""
+    return _cache_keyword_of(type(decoder))
 
 
 BUCKET = 32  # bfloat16/float16 CPU passes are left-padded to a multiple of this width

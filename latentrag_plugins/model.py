@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -54,7 +55,12 @@ from .prompts import PromptBuilder
 from .results import LatentRAGResult
 from .tokens import ControlIds, add_control_tokens, load_tokenizer
 
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .engine.events import Event
+
 log = logging.getLogger(__name__)
+_ENGINE_LOCK = threading.Lock()
 
 _LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR = "llm", "llm_adapter", "tokenizer"
 _QUERY_TOWER_FILE, _ADDED_ROWS_FILE = "query_tower.safetensors", "added_embeddings.safetensors"
@@ -115,6 +121,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         self.doc_tower.eval()
         self.ids = ControlIds.from_tokenizer(tokenizer, config.n_think, config.n_query)
         self.prompts = PromptBuilder(tokenizer, self.ids)
+        self._engine: Engine | None = None
 
     # ------------------------------------------------------------------------------ building
     @classmethod
@@ -277,19 +284,53 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         generate_answer: bool = True,
         on_token: Callable[[int, str], None] | None = None,
     ) -> list[LatentRAGResult]:
-        """Answer several questions with shared forward passes; same arguments as :meth:`run`
+        """Answer several questions, sharing forward passes; same arguments as :meth:`run`
         (``on_token`` gets the question's index in ``questions``).
 
-        Timings are those of the whole batch; counts are per question.
+        The questions go to :attr:`engine` together, so they share passes with each other and
+        with any other caller's requests. Each result's timings and counts are its own.
         """
-        from .inference import drive, latent_loop
+        from .engine import StoreSearch
+        from .runtime import check_store
 
-        gen = latent_loop(
-            self, list(questions), max_steps=max_steps, top_k=top_k, decode=decode,
-            logit_lens=logit_lens, store=store, min_steps=min_steps,
-            generate_answer=generate_answer, on_token=on_token,
+        check_store(store, self.encoder_id, self.dim)
+        handles = self.engine.submit_many(
+            list(questions), StoreSearch(store), max_steps=max_steps, top_k=top_k,
+            decode=decode, logit_lens=logit_lens, min_steps=min_steps,
+            generate_answer=generate_answer,
         )  # fmt: skip
-        return drive(gen, store)
+        results = []
+        try:
+            for row, handle in enumerate(handles):
+                on_event = None if on_token is None else _token_relay(on_token, row)
+                results.append(handle.result(on_event=on_event))
+        finally:
+            for handle in handles:
+                handle.cancel()  # those still running, when one failed or a callback raised
+        return results
+
+    @property
+    def engine(self) -> Engine:
+        """The :class:`~latentrag_plugins.engine.Engine` that runs this model's requests
+        (created on first use, with default settings; see :meth:`set_engine`)."""
+        with _ENGINE_LOCK:
+            if self._engine is None:
+                from .engine import Engine
+
+                self._engine = Engine(self)
+            return self._engine
+
+    def set_engine(self, engine: Engine | None = None, **settings: Any) -> Engine:
+        """Replace the engine: ``engine``, or a new one with ``settings`` (``max_batch``,
+        ``max_queue``, ... see :class:`~latentrag_plugins.engine.EngineConfig`). The old one
+        finishes nothing more: call this before serving requests."""
+        from .engine import Engine
+
+        with _ENGINE_LOCK:
+            old, self._engine = self._engine, engine or Engine(self, **settings)
+        if old is not None:
+            old.close()
+        return self._engine
 
     # ------------------------------------------------------------------------------ save / load
     def save_pretrained(
@@ -475,3 +516,14 @@ def _load_base(base_model: str, trust: bool, dtype: torch.dtype) -> PreTrainedMo
 
 def _is_peft(llm: nn.Module) -> bool:
     return hasattr(llm, "peft_config") and hasattr(llm, "get_base_model")
+
+
+def _token_relay(on_token: Callable[[int, str], None], row: int) -> Callable[[Event], None]:
+    """An event callback that passes a request's answer pieces to ``on_token(row, text)``."""
+    from .engine import TokenEvent
+
+    def relay(event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            on_token(row, event.text)
+
+    return relay

@@ -52,6 +52,7 @@ def test_init_index_ask_json(tmp_path, capsys):
         "forward_passes",
         "input_tokens",
         "output_tokens",
+        "batch_size",
     }
     assert set(out["timings_ms"]) == {
         "prefill",

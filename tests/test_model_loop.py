@@ -237,7 +237,7 @@ def test_long_documents_are_truncated_to_the_context_budget(tokenizer, force):
     assert LatentRAGConfig(base_model="x").max_context_tokens == 3000
 
 
-def test_decode_fills_thoughts_and_subqueries_in_one_batched_generation(model, store, force):
+def test_decode_fills_thoughts_and_subqueries_one_batched_generation_per_step(model, store, force):
     with CountPasses(model) as counter, force(model, "retrieve"):
         res = model.run(Q, store, max_steps=2, decode=True, logit_lens=True)
     for s in res.steps:
@@ -245,10 +245,12 @@ def test_decode_fills_thoughts_and_subqueries_in_one_batched_generation(model, s
         assert (s.subquery is not None) == (s.action == "retrieve")
         assert len(s.logit_lens["think"]) == model.config.n_think
         assert all(len(row) == 5 for row in s.logit_lens["think"])
-    # Decoding is one batched generation: at most max_decode_tokens passes for all items.
+    # Each step decodes its thought and subquery in one batched generation, as the loop goes
+    # (so they stream): at most max_decode_tokens passes per step.
     answer_end = len(res.steps) + res.output_tokens
     decode_passes = len(counter.lengths) - answer_end
-    assert 1 <= decode_passes <= model.config.max_decode_tokens
+    assert len(res.steps) <= decode_passes <= len(res.steps) * model.config.max_decode_tokens
+    assert res.forward_passes == len(counter.lengths)
     assert res.timings_ms.decode > 0
 
 

@@ -8,8 +8,10 @@ passes and the greedy picks are the library's own; the hooks only edit logits:
 - at the action read (the last thought slot), ``<query_1>`` wins, so the model retrieves until
   ``max_steps`` forces the answer;
 - during answer generation, the stop tokens lose until a row has generated its target number of
-  tokens, then ``</answer>`` wins;
-- during latent decoding, EOS loses until each item's target length, then wins.
+  tokens, then ``</answer>`` wins (a row that stops leaves the engine's next token pass, and
+  the forcer follows);
+- during latent decoding (one batched generation per step), EOS loses until each item's target
+  length, then wins.
 
 The explicit agent has its own forcing mode (:class:`~latentrag_plugins.baselines.explicit_loop.
 ExplicitForce`).
@@ -44,7 +46,8 @@ def split(n: int, parts: int) -> list[int]:
 class LatentForcer:
     """Hooks that force LatentRAG's / naive RAG's actions and generation lengths.
 
-    Use as ``with forcer.plan(answer=[...], decode=[...]): model.run_batch(...)``.
+    Use as ``with forcer.plan(answer=[...], decode=[[...], ...]): model.run_batch(...)``. The
+    questions of the batch must move in step (every question retrieves until ``max_steps``).
 
     Args:
         model: The LatentRAG model (its LLM, control ids and prompts).
@@ -56,18 +59,22 @@ class LatentForcer:
         self.phase = "reason"
         self.t = 0
         self.answer: list[int] = []
-        self.decode: list[int] = []
+        self.decode: list[list[int]] = []  # per decoding generation (one per step), per item
+        self.calls = -1  # decoding generations so far
+        self.live: list[int] = []  # questions still answering, in batch order
         self._handles: list[Any] = []
         self._step_ends = {self.ids.think[-1], self.ids.query[-1]}
 
-    def plan(self, *, answer: Sequence[int], decode: Sequence[int] = ()) -> LatentForcer:
-        """Set per-row answer lengths (tokens before ``</answer>``) and per-item decode lengths."""
-        self.answer, self.decode = list(answer), list(decode)
+    def plan(self, *, answer: Sequence[int], decode: Sequence[Sequence[int]] = ()) -> LatentForcer:
+        """Set per-question answer lengths (tokens before ``</answer>``) and, per step's decoding
+        generation, per-item decode lengths (in the order the items decode: each question's
+        thought, then its subquery)."""
+        self.answer, self.decode = list(answer), [list(d) for d in decode]
         return self
 
     def __enter__(self) -> LatentForcer:
         llm = self.model.llm
-        self.phase, self.t = "reason", 0
+        self.phase, self.t, self.calls = "reason", 0, -1
         self._handles = [
             llm.get_input_embeddings().register_forward_hook(self._on_embed),
             llm.get_output_embeddings().register_forward_hook(self._on_head),
@@ -83,6 +90,8 @@ class LatentForcer:
     def _on_embed(self, module: Any, args: tuple, out: Any) -> None:
         ids = args[0]
         if ids.dim() == 1:  # decode_items embeds the decode prompt on its own
+            if self.phase != "decode":
+                self.calls += 1
             self.phase, self.t = "decode", 0
             return
         last = ids[:, -1].tolist()
@@ -93,6 +102,7 @@ class LatentForcer:
             before = ids[:, -2].tolist() if ids.shape[1] > 1 else []
             merged = any(i in self._step_ends for i in before)
             self.phase, self.t = ("reason_then_answer" if merged else "answer"), 0
+            self.live = list(range(len(self.answer)))
         elif any(i in self._step_ends for i in last):  # a step's slots: the action read follows
             self.phase = "reason"
 
@@ -105,17 +115,26 @@ class LatentForcer:
             if self.phase == "reason_then_answer":
                 self.phase = "answer"
             return out
-        targets = self.answer if self.phase == "answer" else self.decode
-        stops = [ids.answer_end, ids.eos] if self.phase == "answer" else [ids.eos]
+        answering = self.phase == "answer"
+        if answering:
+            # The engine's token passes hold only the questions still answering.
+            rows = self.live if out.shape[0] == len(self.live) else range(out.shape[0])
+            targets = [self.answer[q] if q < len(self.answer) else None for q in rows]
+        else:
+            call = self.decode[self.calls] if 0 <= self.calls < len(self.decode) else []
+            targets = [call[r] if r < len(call) else None for r in range(out.shape[0])]
+        stops = [ids.answer_end, ids.eos] if answering else [ids.eos]
         stops = [s for s in stops if s is not None]
-        win = stops[0]
-        for row in range(out.shape[0]):
-            target = targets[row] if row < len(targets) else None
+        ended = set()
+        for row, target in enumerate(targets):
             if target is None:
                 continue
             if self.t < target:
                 out[row, stops] = float("-inf")
             else:
-                out[row, win] = float("inf")
+                out[row, stops[0]] = float("inf")
+                ended.add(row)
+        if answering and out.shape[0] == len(self.live):
+            self.live = [q for row, q in enumerate(self.live) if row not in ended]
         self.t += 1
         return out

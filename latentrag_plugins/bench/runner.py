@@ -148,19 +148,15 @@ def build(cfg: BenchConfig) -> Setup:
     )
 
 
-def _latent_plan(steps: int, index: int, decode: bool) -> tuple[int, list[int]]:
-    """Answer tokens before ``</answer>`` and decode lengths of question ``index``."""
+def _latent_plan(steps: int, index: int, decode: bool) -> tuple[int, list[list[int]]]:
+    """Answer tokens before ``</answer>`` and, per step, decode lengths of question ``index``."""
     answer = max(0, F.spread(F.LATENT_ANSWER_TOKENS, index) - 1)  # + the stop token
     if not decode:
-        return answer, []
+        return answer, [[] for _ in range(steps + 1)]
     th = F.split(F.spread(F.LATENT_DECODED_THOUGHT_TOKENS, index), steps + 1)
     sq = F.split(F.spread(F.LATENT_DECODED_SUBQUERY_TOKENS, index), steps)
-    items: list[int] = []
-    for s in range(steps + 1):  # decode order: per step, the thought then the subquery
-        items.append(th[s])
-        if s < steps:
-            items.append(sq[s])
-    return answer, items
+    # decode order: per step, the thought then the subquery
+    return answer, [[th[s], sq[s]] if s < steps else [th[s]] for s in range(steps + 1)]
 
 
 def run_method(setup: Setup, cfg: BenchConfig, method: str, idx: Sequence[int]) -> list[Any]:
@@ -185,8 +181,8 @@ def run_method(setup: Setup, cfg: BenchConfig, method: str, idx: Sequence[int]) 
         with setup.forcer.plan(answer=answers):
             return setup.naive.run_batch(qs, setup.store)
     plans = [_latent_plan(cfg.steps, i, cfg.decode) for i in idx]
-    decode_items = [d for _, items in plans for d in items]
-    with setup.forcer.plan(answer=[a for a, _ in plans], decode=decode_items):
+    per_step = [[d for _, steps in plans for d in steps[s]] for s in range(cfg.steps + 1)]
+    with setup.forcer.plan(answer=[a for a, _ in plans], decode=per_step if cfg.decode else ()):
         return setup.model.run_batch(qs, setup.store, max_steps=cfg.steps, decode=cfg.decode)
 
 

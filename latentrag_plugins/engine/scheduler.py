@@ -1,0 +1,132 @@
+"""Rounds of the latent loop over every request in flight (continuous batching, no threads).
+
+Each :meth:`LatentScheduler.round` runs at most two forward passes: one step pass for every
+request ready for a step (new prompts and requests whose documents came back, whatever step
+they are at) and one token pass for every answering request. Requests join at the next round
+and leave when they end; a request waiting for its store takes no part. Who searches, and when,
+is the caller's business: :func:`~latentrag_plugins.engine.loop.latent_loop` searches in place,
+the :class:`~latentrag_plugins.engine.Engine` in worker threads and event loops.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..context import BatchedContext
+from ..decoding import decode_items, logit_lens_tokens
+from ..results import RetrievedDoc, Step
+from ..runtime import eval_mode
+from .events import StepEvent, ThoughtEvent
+from .passes import plan_step, step_pass, token_pass
+from .request import LatentRequest, Phase, SearchJob
+
+if TYPE_CHECKING:
+    from ..model import LatentRAG
+
+
+class LatentScheduler:
+    """The requests in flight on one model, and the passes that move them.
+
+    Args:
+        model: The model.
+    """
+
+    def __init__(self, model: LatentRAG) -> None:
+        self.model = model
+        self.requests: list[LatentRequest] = []
+
+    def add(self, request: LatentRequest) -> None:
+        """Take a new request in; it feeds its prompt at the next round."""
+        self.requests.append(request)
+
+    def remove(self, request: LatentRequest) -> None:
+        """Drop a request (cancelled or failed) and its cache."""
+        if request in self.requests:
+            self.requests.remove(request)
+        request.kv = type(request.kv)()
+        request.phase = Phase.DONE
+
+    def runnable(self) -> bool:
+        """Whether a round has a pass to run (some request is not waiting for its store)."""
+        return any(r.phase in (Phase.STEP, Phase.ANSWER) for r in self.requests)
+
+    def round(self) -> tuple[list[SearchJob], list[LatentRequest]]:
+        """Run one step pass and one token pass over the requests ready for them.
+
+        Returns:
+            The searches to run, and the requests that ended (their ``result`` is set).
+        """
+        with eval_mode(self.model):
+            jobs = self._steps([r for r in self.requests if r.phase is Phase.STEP])
+            answering = [r for r in self.requests if r.phase is Phase.ANSWER]
+            ended = token_pass(self.model, answering) if answering else []
+            for r in ended:
+                r.phase = Phase.DONE
+            done = [r for r in self.requests if r.phase is Phase.DONE]
+            for r in done:
+                self._finish(r)
+        return jobs, done
+
+    def deliver(self, request: LatentRequest, docs: list[RetrievedDoc]) -> None:
+        """Hand a request the documents of its search; it feeds them at its next step."""
+        cfg = self.model.config
+        budget = (
+            cfg.max_context_tokens
+            - request.kv.pos
+            - cfg.n_think
+            - cfg.n_query
+            - (cfg.max_answer_tokens + 2)
+        )
+        request.found(docs, self.model.prompts.information(docs, budget, cfg.max_doc_tokens))
+
+    def _steps(self, stepping: list[LatentRequest]) -> list[SearchJob]:
+        if not stepping:
+            return []
+        plans = {id(r): plan_step(self.model, r, self._can_branch()) for r in stepping}
+        for r in stepping:
+            if plans[id(r)] is None:  # retrieval-only, at its last step: nothing left to read
+                r.steps.append(Step(index=r.step, action="answer", forced=True))
+                r.phase = Phase.DONE
+                r.emit(StepEvent(r.step, "answer", True))
+        fed = [r for r in stepping if plans[id(r)] is not None]
+        if not fed:
+            return []
+        jobs = step_pass(self.model, fed, [plans[id(r)] for r in fed])
+        decoding = [r for r in fed if r.options.decode]
+        if decoding:
+            self._decode(decoding)
+        for r in fed:
+            step = r.steps[-1]
+            if r.options.decode:
+                r.emit(ThoughtEvent(step.index, step.action, step.thought, step.subquery))
+            if step.action == "answer":
+                r.emit(StepEvent(step.index, "answer", step.forced))
+        return jobs
+
+    def _can_branch(self) -> bool:
+        return BatchedContext(self.model.llm, 1, self.model.ids.pad).can_branch
+
+    def _decode(self, reqs: list[LatentRequest]) -> None:
+        """Decode the new step's thought (and subquery) of every request, in one generation."""
+        items, where = [], []
+        for r in reqs:
+            lat, step = r.latents[-1], r.steps[-1]
+            for kind, key in (("thought", "think"), ("subquery", "query")):
+                if key in lat:
+                    items.append((kind, lat[key]))
+                    where.append((step, kind))
+        t0 = time.perf_counter()
+        texts, passes = decode_items(self.model, items)
+        ms = (time.perf_counter() - t0) * 1e3
+        for (step, kind), text in zip(where, texts):
+            setattr(step, kind, text)
+        for r in reqs:
+            r.stages["decode"] += ms
+            r.passes += passes
+
+    def _finish(self, request: LatentRequest) -> None:
+        self.requests.remove(request)
+        result = request.finish()
+        if request.options.logit_lens:
+            logit_lens_tokens(self.model, [result])
