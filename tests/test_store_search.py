@@ -225,8 +225,8 @@ def test_store_batch_equals_plain_faiss(faiss, monkeypatch, b) -> None:
     store, x = make_store(search_device="cpu")
     q = unit(b, 32, 12)
     used: list[str] = []
-    plain = store.faiss_search
-    monkeypatch.setattr(store, "faiss_search", lambda *a: used.append("faiss") or plain(*a))
+    plain = store._faiss_search
+    monkeypatch.setattr(store, "_faiss_search", lambda *a: used.append("faiss") or plain(*a))
     rows = store.search_batch(q, 5)
     assert used == (["faiss"] if b < fs.TORCH_MIN_BATCH else [])
     want = plain(q, 5)
@@ -259,7 +259,7 @@ def test_store_too_large_for_the_gpu_falls_back(faiss, monkeypatch, caplog) -> N
     assert store.search_device.type == "cpu"
     assert "FaissStore (encoder 'rand'): 500 vectors of dim 32 in float16 take" in caplog.text
     q = unit(8, 32, 1)
-    assert_same_hits(hits(store.search_batch(q, 4)), store.faiss_search(q, 4), x, q, 1e-5)
+    assert_same_hits(hits(store.search_batch(q, 4)), store._faiss_search(q, 4), x, q, 1e-5)
 
 
 def test_add_after_search_is_seen_by_every_path(faiss) -> None:
@@ -315,7 +315,7 @@ def test_faiss_gpu_keeps_faiss_in_charge(faiss, monkeypatch) -> None:
     store, x = make_store(300, use_gpu=None)
     assert store.on_gpu and store._torch is None and store.search_device == torch.device("cuda", 0)
     q = unit(8, 32, 1)
-    np.testing.assert_array_equal(hits(store.search_batch(q, 3))[1], store.faiss_search(q, 3)[1])
+    np.testing.assert_array_equal(hits(store.search_batch(q, 3))[1], store._faiss_search(q, 3)[1])
     store.to("cpu")
     assert not store.on_gpu and store.search_device.type == "cpu"
 
@@ -387,13 +387,13 @@ def test_cuda_store_equals_plain_faiss(faiss, caplog) -> None:
     q = unit(16, 64, 24)
     for b in (1, 16):
         got = hits(store.search_batch(q[:b], 8))
-        assert_same_hits(got, store.faiss_search(q[:b], 8), x, q[:b], atol=2e-3)
+        assert_same_hits(got, store._faiss_search(q[:b], 8), x, q[:b], atol=2e-3)
     with caplog.at_level(logging.WARNING):
         store.to("cuda", memory_fraction=1e-6)  # too large now: a warning, and the CPU
     assert store.search_device.type == "cpu" and "searching on the CPU instead" in caplog.text
     store.to("cuda", dtype="float32", memory_fraction=0.5)
     assert store.search_device.type == "cuda" and store._torch.exact
     got = hits(store.search_batch(q, 8))
-    assert_same_hits(got, store.faiss_search(q, 8), x, q, atol=1e-5)
+    assert_same_hits(got, store._faiss_search(q, 8), x, q, atol=1e-5)
     store.add(["extra"], ["x"], q[:1])  # re-placed on the GPU at the next search
     assert store.search(q[0], 1)[0].id == "extra" and store.search_device.type == "cuda"

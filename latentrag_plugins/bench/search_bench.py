@@ -69,7 +69,8 @@ def search_bench(
         A JSON-able dict: ``n``, ``dim``, ``k``, ``batch_sizes``, ``repeats``, ``threads`` (torch's
         during the run), ``gpu_device`` (None without one), ``gpu_dtype``, ``store_device``,
         ``machine`` (CPU, GPU, versions), ``timings_ms`` (path -> batch size as a string -> median
-        milliseconds per call), ``reference`` (``"faiss"`` or ``"torch_cpu"``) and ``agreement``
+        milliseconds per call), ``best_ms`` (the same, fastest call: less noisy on a busy
+        machine), ``reference`` (``"faiss"`` or ``"torch_cpu"``) and ``agreement``
         (path -> share of the reference's top-k ids it returned, over every batch size).
     """
     faiss = _faiss_or_none()
@@ -149,13 +150,16 @@ def _run(
         "gpu_dtype": str(gpu.dtype).removeprefix("torch.") if gpu is not None else None,
         "store_device": str(store.search_device) if store is not None else None,
         "machine": machine_info(gpu.device if gpu is not None else "cpu"),
-        "timings_ms": {
-            p: {b: round(float(np.median(v)), 3) for b, v in per.items()}
-            for p, per in times.items()
-        },
+        "timings_ms": _summary(times, np.median),
+        "best_ms": _summary(times, np.min),
         "reference": reference,
         "agreement": agreement,
     }
+
+
+def _summary(times: dict[str, dict[str, list[float]]], stat: Any) -> dict[str, dict[str, float]]:
+    """``stat`` of each path's and batch size's timings, in ms rounded to the microsecond."""
+    return {p: {b: round(float(stat(v)), 3) for b, v in per.items()} for p, per in times.items()}
 
 
 def _ids(result: Any) -> list[list[int]]:

@@ -11,7 +11,6 @@ faiss is imported lazily, so ``import latentrag_plugins`` never needs it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import StoreError
@@ -29,6 +27,7 @@ from ..io_utils import atomic_path
 from ..results import RetrievedDoc
 from .base import Encoder, check_compatible
 from .corpus import read_docs_jsonl, write_docs_jsonl
+from .embedding import embed_into
 from .faiss_files import (
     DOCS_FILE,
     FORMAT,
@@ -91,15 +90,14 @@ class FaissStore:
             dim: Embedding dimension.
             use_gpu: Move the FAISS index to GPU 0 after build / load (needs faiss-gpu): True,
                 False, or None (auto: if this faiss build has GPU support and sees a GPU).
-            search_device: Where searches run without faiss-gpu: ``"auto"`` (a CUDA GPU when
-                torch sees one and the vectors take at most half its free memory, else the
-                CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:i"``. See :meth:`to`.
-            search_dtype: The vectors' dtype on a GPU: ``"float16"`` (None, the default),
-                ``"bfloat16"`` or ``"float32"``. The CPU always searches float32 vectors.
+            search_device: Where searches run without faiss-gpu (see :meth:`to`): ``"auto"``
+                (a CUDA GPU if the vectors fit, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:i"``.
+            search_dtype: The vectors' dtype on a GPU: ``"float16"`` (None), ``"bfloat16"`` or
+                ``"float32"``. The CPU always searches float32 vectors.
 
         Raises:
             StoreError: ``dim`` is not positive.
-            ValueError: An unknown ``search_device``, or a CUDA one on a machine without CUDA.
+            ValueError: An unknown device or dtype, or a CUDA device on a machine without CUDA.
         """
         if int(dim) <= 0:
             raise StoreError(f"dim must be positive, got {dim}")
@@ -159,30 +157,12 @@ class FaissStore:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        store = cls(
-            encoder.encoder_id,
-            encoder.dim,
-            use_gpu=False,
-            search_device=search_device,
-            search_dtype=search_dtype,
-        )
-        total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
-        it = iter(docs)
-        with tqdm(total=total, desc="Embedding", unit="doc", disable=not show_progress) as bar:
-            while chunk := list(itertools.islice(it, max(1, chunk_size))):
-                texts = [str(d.text) for d in chunk]
-                emb = as_matrix(
-                    encoder.embed_documents(texts, batch_size=batch_size, show_progress=False),
-                    "encoder output",
-                )  # (n, dim)
-                if emb.shape != (len(chunk), store.dim):
-                    raise StoreError(
-                        f"encoder {encoder.encoder_id!r} returned an array of shape {emb.shape} "
-                        f"for {len(chunk)} documents; expected ({len(chunk)}, {store.dim})"
-                    )
-                metas = [getattr(d, "metadata", None) or {} for d in chunk]
-                store.add([str(d.id) for d in chunk], texts, emb, metadata=metas)
-                bar.update(len(chunk))
+        where = {"search_device": search_device, "search_dtype": search_dtype}
+        store = cls(encoder.encoder_id, encoder.dim, use_gpu=False, **where)
+        embed_into(
+            store, encoder, docs, batch_size=batch_size, show_progress=show_progress,
+            chunk_size=chunk_size,
+        )  # fmt: skip
         if len(store) == 0:
             raise StoreError("no documents to index (the corpus is empty)")
         store._settle(use_gpu)
@@ -299,18 +279,15 @@ class FaissStore:
         dtype: str | torch.dtype | None = None,
         memory_fraction: float | None = None,
     ) -> FaissStore:
-        """Search on ``device`` from now on; returns the store.
+        """Search on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:i"``, ``"auto"``) from now on.
 
-        On a GPU the vectors are copied there once (``dtype``, default float16, halves their
-        size); queries and results cross over per batch. If the copy, with one chunk of scores,
-        would take more than ``memory_fraction`` (default 0.5) of the GPU's free memory, a
-        warning says how much it needs and searches stay on the CPU. With faiss-gpu, ``"cpu"``
-        moves the FAISS index back to the CPU.
+        On a GPU the vectors are copied there once, in ``dtype`` (default float16). If they, with
+        one chunk of scores, would take more than ``memory_fraction`` (default 0.5) of the GPU's
+        free memory, a warning says how much they need and searches stay on the CPU. With
+        faiss-gpu, ``"cpu"`` moves the FAISS index back to the CPU.
 
-        Args:
-            device: ``"cpu"``, ``"cuda"``, ``"cuda:i"`` or ``"auto"``.
-            dtype: The vectors' dtype on a GPU (``"float16"``, ``"bfloat16"``, ``"float32"``).
-            memory_fraction: Share of the GPU's free memory the vectors may take.
+        Returns:
+            The store.
 
         Raises:
             ValueError: An unknown device or dtype, or a CUDA device on a machine without CUDA.
@@ -411,13 +388,12 @@ class FaissStore:
             if search is not None and (search.device.type != "cpu" or len(q) >= TORCH_MIN_BATCH):
                 scores, idx = search.search(q, k)  # (B, k), (B, k)
             else:
-                scores, idx = self.faiss_search(q, k)
+                scores, idx = self._faiss_search(q, k)
             return self._docs(scores, idx)
 
-    def faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The plain FAISS search of checked float32 ``queries`` (B, dim): ``(scores, indices)``,
-        each (B, min(k, N)) (FAISS-GPU returns at most 2048). Not locked: the reference that the
-        faster paths are tested against."""
+        each (B, min(k, N)) (FAISS-GPU returns at most 2048). Hold the read lock."""
         k = min(int(k), len(self))
         if self.on_gpu and k > GPU_MAX_K:
             logger.warning("FaissStore: k=%d clamped to %d on the GPU", k, GPU_MAX_K)
