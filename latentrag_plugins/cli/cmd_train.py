@@ -20,6 +20,7 @@ _VALUES = (
     "save_every", "log_every", "seed", "max_length", "lora_r", "lora_alpha", "llm_dropout",
     "warmup_ratio", "lr_scheduler", "mixed_precision", "deepspeed", "action_loss",
     "gradient_accumulation_steps", "save_total_limit", "n_bins", "query_tower_layers",
+    "base_dtype",
 )  # fmt: skip
 
 
@@ -79,6 +80,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["auto", "no", "bf16", "fp16"],
         default=None,
         help="(auto: bf16 on GPUs that support it)",
+    )
+    g.add_argument(
+        "--base-dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default=None,
+        help="Dtype of the LLM's frozen weights under LoRA (auto: bfloat16 when training in "
+        "bf16, halving their memory).",
     )
     g.add_argument(
         "--deepspeed",

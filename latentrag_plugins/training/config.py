@@ -107,6 +107,13 @@ class TrainConfig(VersionedConfig):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         default="auto", description="'auto': bf16 on GPUs that support it, else float32."
     )
+    base_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Dtype of the LLM's frozen weights under LoRA. 'auto': bfloat16 when "
+        "training in bf16 mixed precision (half their memory; products run in bf16 either "
+        "way), else float32. Trained weights (adapters, projectors, query tower, full "
+        "fine-tuning) always keep float32.",
+    )
     deepspeed: str | None = Field(
         default=None,
         description="DeepSpeed config file, or 'zero1' for the shipped ZeRO-1 config.",

@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .forward import llm_parts
 from .prepared import MANIFEST, PreparedData
 from .task import Task, skip_report
-from .trainable import enable_checkpointing, set_llm_dropout
+from .trainable import enable_checkpointing, set_llm_dropout, trainable_to_float32
 from .trajectories import Trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
@@ -123,17 +123,17 @@ def _trajectories(data: Any) -> list[Trajectory]:
     return read_trajectories(p)
 
 
-def _load_agent(model: Any, device: torch.device) -> Any:
+def _load_agent(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
     from ..baselines.explicit import ExplicitAgent, is_explicit_checkpoint
 
     if isinstance(model, ExplicitAgent):
-        return model.to_device(device, torch.float32)
+        return model.to_device(device, dtype)
     if not is_explicit_checkpoint(model):
         raise LatentRAGError(
             f"{model}: not an explicit agent checkpoint (no explicit_config.json); --mode "
             "explicit trains an ExplicitAgent"
         )
-    return ExplicitAgent.from_pretrained(model, device=device, dtype=torch.float32)
+    return ExplicitAgent.from_pretrained(model, device=device, dtype=dtype)
 
 
 def export_agent(agent: Any, dest: Path) -> str:
@@ -167,9 +167,12 @@ def explicit_task(
     cfg: TrainConfig,
     device: torch.device,
     show_progress: bool = True,
+    *,
+    llm_dtype: torch.dtype = torch.float32,
 ) -> Task:
-    """Build the explicit SFT task (agent set up for training, transcripts rendered)."""
-    agent = _load_agent(model_src, device)
+    """Build the explicit SFT task (agent set up for training in ``llm_dtype``, transcripts
+    rendered)."""
+    agent = _load_agent(model_src, device, llm_dtype)
     trajs = _trajectories(data_src)
     agent.llm.requires_grad_(False)
     if cfg.full_finetune:
@@ -183,6 +186,7 @@ def explicit_task(
                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM",
             ),
         )  # fmt: skip
+    trainable_to_float32(agent.llm)
     set_llm_dropout(agent.llm, cfg.llm_dropout)
     if cfg.gradient_checkpointing:
         enable_checkpointing(agent.llm)

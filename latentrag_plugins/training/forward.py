@@ -102,10 +102,12 @@ class LatentLossModule(nn.Module):
         zero = flat.sum() * 0.0
         loss_ret = zero
         # In float32 even under mixed precision: scores are divided by a small beta, and the
-        # targets are exact.
+        # targets are exact. (DeepSpeed's bf16 mode keeps the weights in bf16: then the query
+        # tower runs in bf16 and only the scores in float32.)
         with torch.autocast(h_query.device.type, enabled=False):
             if h_query.shape[0]:
-                lat = model.latent_query_embedding(h_query.float())  # (S, dim)
+                ret_dtype = next(model.proj_ret.parameters()).dtype
+                lat = model.latent_query_embedding(h_query.to(ret_dtype))  # (S, dim)
                 if self.ret_loss == "cosine":
                     loss_ret = cosine_retrieval_loss(lat, batch["ref_emb"])
                 else:

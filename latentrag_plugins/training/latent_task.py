@@ -29,13 +29,27 @@ log = logging.getLogger(__name__)
 LOSS_NAMES = ["loss", "loss_gen", "loss_ret", "loss_dec", "loss_dec_thought", "loss_dec_subquery"]
 
 
-def load_model(model: LatentRAG | str | os.PathLike[str], device: torch.device) -> LatentRAG:
-    """Load a checkpoint (float32 master weights) or move a given model to ``device``."""
+def load_model(
+    model: LatentRAG | str | os.PathLike[str],
+    device: torch.device,
+    llm_dtype: torch.dtype = torch.float32,
+) -> LatentRAG:
+    """Load a checkpoint or move a given model to ``device`` for training: the LLM in
+    ``llm_dtype``, the parts that train (projectors, query tower) in float32.
+
+    With a half-precision ``llm_dtype`` the projectors and towers pass through it on the way
+    (rounded once, as GPU inference runs them); the frozen document tower stays there.
+    """
     from ..model import LatentRAG
 
     if isinstance(model, LatentRAG):
-        return model.to_device(device, torch.float32)
-    return LatentRAG.from_pretrained(model, device=device, dtype=torch.float32)
+        model.to_device(device, llm_dtype)
+    else:
+        model = LatentRAG.from_pretrained(model, device=device, dtype=llm_dtype)
+    for part in (model.proj_ret, model.proj_think, model.proj_query, model.query_tower):
+        if part is not None:
+            part.to(torch.float32)
+    return model
 
 
 def load_data(data: PreparedData | str | os.PathLike[str], encoder_id: str) -> PreparedData:
@@ -74,9 +88,12 @@ def latent_task(
     cfg: TrainConfig,
     device: torch.device,
     show_progress: bool = True,
+    *,
+    llm_dtype: torch.dtype = torch.float32,
 ) -> Task:
-    """Build the LatentRAG training task (model set up for training, examples tokenized)."""
-    model = load_model(model_src, device)
+    """Build the LatentRAG training task (model set up for training, examples tokenized; the
+    LLM's weights in ``llm_dtype``, see :func:`.trainable.llm_weight_dtype`)."""
+    model = load_model(model_src, device, llm_dtype)
     data = load_data(data_src, model.encoder_id)
     beta = cfg.beta or data.beta
     counts = setup_trainable(model, cfg)

@@ -108,6 +108,24 @@ def _train_last_layers(encoder: nn.Module, n: int) -> None:
             mod.requires_grad_(n > 0)
 
 
+def llm_weight_dtype(cfg: TrainConfig, mixed_precision: str) -> torch.dtype:
+    """Dtype the LLM is loaded in for training: float32 master weights, except the frozen base
+    of a LoRA run in bf16 mixed precision (``cfg.base_dtype``)."""
+    if cfg.full_finetune or cfg.base_dtype == "float32":
+        return torch.float32
+    if cfg.base_dtype == "bfloat16" or mixed_precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def trainable_to_float32(module: nn.Module) -> None:
+    """Give every trainable tensor of ``module`` float32 master weights (adapters and rows
+    created beside half-precision frozen weights)."""
+    for p in module.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def setup_trainable(model: LatentRAG, cfg: TrainConfig) -> dict[str, int]:
     """Freeze and unfreeze the model's parts for ``cfg``; returns trainable parameter counts.
 
@@ -135,6 +153,7 @@ def setup_trainable(model: LatentRAG, cfg: TrainConfig) -> dict[str, int]:
         if cfg.query_tower_layers is not None:
             _train_last_layers(model.query_tower.encoder, cfg.query_tower_layers)
     model.doc_tower.requires_grad_(False)
+    trainable_to_float32(model)
 
     def count(m: nn.Module | None) -> int:
         return 0 if m is None else sum(p.numel() for p in m.parameters() if p.requires_grad)

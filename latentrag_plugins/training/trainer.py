@@ -13,13 +13,11 @@ Launch on several GPUs with ``accelerate launch -m latentrag_plugins.cli.main tr
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import shutil
-import time
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LatentRAGError
-from ..extras import require
 from ..io_utils import write_json_atomic
+from .batching import BinnedBatches
 from .checkpoint import (
     STATE_DIR,
     checkpoint_dir,
@@ -39,8 +37,11 @@ from .checkpoint import (
     write_trainer_state,
 )
 from .config import TrainConfig
-from .metrics_log import MetricsLog
+from .distributed import load_state, make_accelerator, resolve_mixed_precision, save_state
+from .distributed import zero1_config_path as zero1_config_path  # re-exported
+from .metrics_log import MetricsLog, StepMeter
 from .task import Task
+from .trainable import llm_weight_dtype
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,18 @@ CONFIG_FILE, SUMMARY_FILE = "train_config.json", "summary.json"
 _RESUMABLE = {"epochs", "max_steps", "save_every", "save_total_limit", "log_every", "save_merged"}
 
 
-def zero1_config_path() -> Path:
-    """Path of the shipped DeepSpeed ZeRO-1 config (``latentrag_plugins/training/zero1.json``)."""
-    return Path(str(resources.files(__package__) / "zero1.json"))
+@dataclass
+class _Run:
+    """What a run trains with, once prepared by Accelerate."""
+
+    task: Task
+    planner: BinnedBatches
+    module: Any  # the task's module, wrapped (DDP, DeepSpeed)
+    optimizer: Any
+    scheduler: Any
+    per_proc: int  # batches per epoch of each process
+    steps_per_epoch: int
+    total: int  # optimizer steps of the run
 
 
 class Trainer:
@@ -81,41 +91,15 @@ class Trainer:
         self.is_main_process = True  # False on the other processes of a distributed run
 
     # -------------------------------------------------------------------------- setup
-    def _accelerator(self) -> Any:
-        accelerate = require("accelerate", "train", "training")
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        cfg = self.config
-        mp = cfg.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        kwargs: dict[str, Any] = {
-            "mixed_precision": mp,
-            "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)],
-        }
-        if cfg.deepspeed:
-            try:
-                import deepspeed  # noqa: F401
-            except ImportError as exc:
-                raise ImportError(
-                    "--deepspeed needs the `deepspeed` package: pip install deepspeed"
-                ) from exc
-            path = zero1_config_path() if cfg.deepspeed == "zero1" else Path(cfg.deepspeed)
-            ds = json.loads(path.read_text())
-            ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
-            ds["gradient_accumulation_steps"] = 1
-            ds["gradient_clipping"] = cfg.max_grad_norm or 0.0
-            kwargs["deepspeed_plugin"] = accelerate.DeepSpeedPlugin(hf_ds_config=ds)
-        return accelerate.Accelerator(**kwargs)
-
-    def _build_task(self, device: torch.device, show: bool) -> Task:
+    def _build_task(self, device: torch.device, show: bool, llm_dtype: torch.dtype) -> Task:
+        args = (self.model_src, self.data_src, self.config, device, show)
         if self.config.mode == "explicit":
             from .explicit import explicit_task
 
-            return explicit_task(self.model_src, self.data_src, self.config, device, show)
+            return explicit_task(*args, llm_dtype=llm_dtype)
         from .latent_task import latent_task
 
-        return latent_task(self.model_src, self.data_src, self.config, device, show)
+        return latent_task(*args, llm_dtype=llm_dtype)
 
     def _check_out(self, resume: bool) -> tuple[int, Path] | None:
         cfg_file = self.out / CONFIG_FILE
@@ -183,7 +167,12 @@ class Trainer:
 
     # -------------------------------------------------------------------------- training
     def train(
-        self, *, resume: bool = False, stop_after: int | None = None, show_progress: bool = True
+        self,
+        *,
+        resume: bool = False,
+        stop_after: int | None = None,
+        show_progress: bool = True,
+        export: bool = True,
     ) -> dict[str, Any]:
         """Run training; save checkpoints, the log and the final model under ``out``.
 
@@ -193,6 +182,8 @@ class Trainer:
             stop_after: Stop once this many optimizer steps are done, after writing a
                 checkpoint, without the final export (time-boxed jobs; interruption tests).
             show_progress: Show progress bars.
+            export: Write checkpoints and the final model. False writes only the log, the
+                config and the summary (speed and memory measurements).
 
         Returns:
             The run summary (also written to ``out/summary.json`` when training completes).
@@ -200,24 +191,45 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg = self.config
-        acc = self._accelerator()
+        acc = make_accelerator(cfg)
         main = self.is_main_process = acc.is_main_process
         latest = self._check_out(resume)
         acc.wait_for_everyone()  # every process checked OUT before the main one writes to it
-        set_seed(cfg.seed)
-        task = self._build_task(acc.device, show_progress and main)
-        self.task = task
-        from .batching import BinnedBatches
+        set_seed(cfg.seed)  # the same initialisation on every process
+        run = self._prepare(acc, show_progress and main)
+        set_seed(cfg.seed + acc.process_index)  # dropout differs across processes
+        at = self._restore(acc, run, latest, resume)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / CONFIG_FILE)
+        acc.wait_for_everyone()
+        summary = self._loop(
+            acc, run, at, stop_after=stop_after, export=export, show=main and show_progress
+        )
+        done = not summary.get("stopped")  # a stopped run has its checkpoint, no export
+        if done and export:
+            acc.wait_for_everyone()
+            if main:
+                summary["format"] = run.task.export(acc.unwrap_model(run.module), self.out)
+        if done and main:
+            write_json_atomic(self.out / SUMMARY_FILE, summary)
+        acc.wait_for_everyone()
+        run.task.finish()
+        return summary
 
+    def _prepare(self, acc: Any, show: bool) -> _Run:
+        """Build the task, the batch plan, the optimizer and the schedule; wrap for Accelerate."""
+        cfg = self.config
+        llm_dtype = llm_weight_dtype(cfg, resolve_mixed_precision(cfg))
+        task = self.task = self._build_task(acc.device, show, llm_dtype)
         planner = BinnedBatches(task.lengths, cfg.batch_size, cfg.n_bins, cfg.seed)
-        world, rank = acc.num_processes, acc.process_index
-        per_proc = len(planner) // world
+        per_proc = len(planner) // acc.num_processes
         if per_proc == 0:
             raise LatentRAGError(
-                f"{len(planner)} batches cannot feed {world} processes; lower --batch-size"
+                f"{len(planner)} batches cannot feed {acc.num_processes} processes; lower "
+                "--batch-size"
             )
-        accum = cfg.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(per_proc / accum)
+        steps_per_epoch = math.ceil(per_proc / cfg.gradient_accumulation_steps)
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
         optimizer = self._optimizer(task.module, cfg)
         scheduler = self._scheduler(optimizer, cfg, total)
@@ -230,94 +242,90 @@ class Trainer:
                     del w[k]
 
         acc.register_save_state_pre_hook(keep_trainable)
+        return _Run(task, planner, module, optimizer, scheduler, per_proc, steps_per_epoch, total)
 
-        step, epoch, pos = 0, 0, 0
-        if latest is not None:
-            acc.load_state(str(latest[1] / STATE_DIR), strict=False)
-            st = read_trainer_state(latest[1])
-            step, epoch, pos = st["step"], st["epoch"], st["pos"]
-            scheduler.load_state_dict(st["scheduler"])
-            if main:
-                truncate_log(self.out / "train_log.jsonl", step)
-            log.info("resumed from %s (step %d)", latest[1], step)
-        elif resume and main:
-            truncate_log(self.out / "train_log.jsonl", 0)  # nothing was saved: start over
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / CONFIG_FILE)
-        acc.wait_for_everyone()
-        metrics = MetricsLog(self.out, enabled=main)
-        bar = tqdm(total=total, initial=step, desc="training", disable=not (main and show_progress))
-        names = task.loss_names
-        window = torch.zeros(len(names), device=acc.device)  # loss sums since the last log
-        window_n, start, start_step = 0, time.perf_counter(), step
-        module.train()
+    def _restore(
+        self, acc: Any, run: _Run, latest: tuple[int, Path] | None, resume: bool
+    ) -> tuple[int, int, int]:
+        """Load the newest checkpoint's state, if any; returns ``(step, epoch, batch pos)``."""
+        if latest is None:
+            if resume and acc.is_main_process:
+                truncate_log(self.out / "train_log.jsonl", 0)  # nothing was saved: start over
+            return 0, 0, 0
+        load_state(acc, latest[1] / STATE_DIR)
+        st = read_trainer_state(latest[1])
+        run.scheduler.load_state_dict(st["scheduler"])
+        if acc.is_main_process:
+            truncate_log(self.out / "train_log.jsonl", st["step"])
+        log.info("resumed from %s (step %d)", latest[1], st["step"])
+        return st["step"], st["epoch"], st["pos"]
+
+    def _loop(
+        self,
+        acc: Any,
+        run: _Run,
+        at: tuple[int, int, int],
+        *,
+        stop_after: int | None,
+        export: bool,
+        show: bool,
+    ) -> dict[str, Any]:
+        """Train from ``at`` to the last step (or ``stop_after``); returns the run summary."""
+        cfg, task = self.config, run.task
+        step, epoch, pos = at
+        world, rank = acc.num_processes, acc.process_index
+        metrics = MetricsLog(self.out, enabled=acc.is_main_process)
+        bar = tqdm(total=run.total, initial=step, desc="training", disable=not show)
+        meter = StepMeter(task.loss_names, acc, step)
+        run.module.train()
         stopped = False
-        while step < total and not stopped:
-            mine = planner.epoch(epoch)[rank::world][:per_proc]
-            while pos < len(mine) and step < total:
-                group = mine[pos : pos + accum]
-                lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                step_losses, grad_norm = self._step(acc, task, module, optimizer, group)
+        while step < run.total and not stopped:
+            mine = run.planner.epoch(epoch)[rank::world][: run.per_proc]
+            while pos < len(mine) and step < run.total:
+                group = mine[pos : pos + cfg.gradient_accumulation_steps]
+                lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
+                losses, grad_norm = self._step(acc, task, run.module, run.optimizer, group)
                 if not acc.optimizer_step_was_skipped:  # (fp16: an overflow skips the update)
-                    scheduler.step()
+                    run.scheduler.step()
                 pos += len(group)
                 step += 1
-                window += step_losses
-                window_n += 1
+                meter.add(losses, sum(task.lengths[i] for idx in group for i in idx))
                 bar.update(1)
-                if main and show_progress:
+                if show:
                     bar.set_postfix(
                         {
                             n.replace("loss_", ""): f"{v:.3f}"
-                            for n, v in zip(names, step_losses.tolist())
+                            for n, v in zip(task.loss_names, losses.tolist())
                         }
                     )
-                if step % cfg.log_every == 0 or step == total:
-                    mean = acc.reduce(window / window_n, reduction="mean").tolist()
-                    elapsed = time.perf_counter() - start
-                    row = {"step": step, "epoch": epoch, **dict(zip(names, mean))}
-                    row["lr"] = lr
-                    if grad_norm is not None:
-                        row["grad_norm"] = grad_norm
-                    row["time"] = round(elapsed, 3)
-                    row["steps_per_s"] = round((step - start_step) / max(elapsed, 1e-9), 4)
-                    metrics.write(row)
-                    window.zero_()
-                    window_n = 0
-                stop_now = stop_after is not None and step >= stop_after
-                if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
-                    self._save(acc, task, module, scheduler, step, epoch, pos)
-                if stop_now:
-                    stopped = True
+                if step % cfg.log_every == 0 or step == run.total:
+                    metrics.write(meter.row(step, epoch, lr, grad_norm))
+                stopped = stop_after is not None and step >= stop_after
+                if export and ((cfg.save_every and step % cfg.save_every == 0) or stopped):
+                    self._save(acc, task, run.module, run.scheduler, step, epoch, pos)
+                if stopped:
                     break
             if not stopped:
                 epoch, pos = epoch + 1, 0
         bar.close()
         metrics.close()
-        elapsed = time.perf_counter() - start
         summary = {
             "steps": step,
-            "total_steps": total,
-            "epochs": round(step / steps_per_epoch, 3),
+            "total_steps": run.total,
+            "epochs": round(step / run.steps_per_epoch, 3),
             "processes": world,
             "device": str(acc.device),
-            "mixed_precision": acc.mixed_precision,
-            "seconds": round(elapsed, 2),
-            "steps_per_second": round((step - start_step) / max(elapsed, 1e-9), 4),
+            "mixed_precision": resolve_mixed_precision(cfg),  # (DeepSpeed's own, under it)
+            **meter.totals(step),
             "mode": cfg.mode,
             **task.info,
         }
-        if stopped:  # checkpointed at the stop; no final export
-            summary["stopped"] = True
-            task.finish()
-            return summary
-        acc.wait_for_everyone()
-        if main:
-            summary["format"] = task.export(acc.unwrap_model(module), self.out)
-            write_json_atomic(self.out / SUMMARY_FILE, summary)
-        acc.wait_for_everyone()
-        task.finish()
+        if acc.device.type == "cuda":
+            summary["peak_memory_gib"] = round(
+                torch.cuda.max_memory_allocated(acc.device) / 2**30, 2
+            )
+        if stopped:
+            summary["stopped"] = True  # checkpointed at the stop; no final export
         return summary
 
     def _step(
@@ -354,7 +362,7 @@ class Trainer:
             shutil.rmtree(ckpt, ignore_errors=True)
             ckpt.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(ckpt / STATE_DIR))
+        save_state(acc, ckpt / STATE_DIR)
         if acc.is_main_process:
             task.export(acc.unwrap_model(module), ckpt)
             state = {"step": step, "epoch": epoch, "pos": pos, "scheduler": scheduler.state_dict()}
