@@ -145,6 +145,19 @@ def test_too_large_for_the_gpu_warns_and_stays_on_the_cpu(monkeypatch, caplog, d
     assert "searching on the CPU instead" in msg and "search_device='cpu'" in msg
 
 
+def test_out_of_memory_while_copying_falls_back(monkeypatch, caplog) -> None:
+    fake_gpu(monkeypatch, free_bytes=64 << 30)
+
+    def oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(placement, "upload", oom)
+    with caplog.at_level(logging.WARNING, logger=placement.__name__):
+        search = placement.place_search(unit(100, 8, 0), "cuda", "bfloat16")
+    assert search.device.type == "cpu"
+    assert "in bfloat16 take 0.00 GiB, more than cuda:0 could allocate" in caplog.text
+
+
 def test_fit_rule(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 << 30, 8 << 30))
     dev = torch.device("cuda", 0)
@@ -318,6 +331,16 @@ def test_faiss_gpu_keeps_faiss_in_charge(faiss, monkeypatch) -> None:
     np.testing.assert_array_equal(hits(store.search_batch(q, 3))[1], store._faiss_search(q, 3)[1])
     store.to("cpu")
     assert not store.on_gpu and store.search_device.type == "cpu"
+
+
+def test_other_faiss_indexes_are_searched_by_faiss(faiss) -> None:
+    store, x = make_store(500)
+    hnsw = faiss.IndexHNSWFlat(32, 16, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(x)
+    store._index, store._placed = hnsw, False
+    q = unit(8, 32, 3)
+    assert hits(store.search_batch(q, 3))[1].tolist() == hnsw.search(q, 3)[1].tolist()
+    assert store._torch is None
 
 
 def test_no_faiss_on_import() -> None:

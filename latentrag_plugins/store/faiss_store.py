@@ -313,7 +313,8 @@ class FaissStore:
     def _place(self) -> None:
         """Set up the matrix-product search where asked (call under the write lock)."""
         self._torch = None  # (frees the old GPU copy before the new one is made)
-        if not self.on_gpu and len(self) > 0:
+        flat = isinstance(self._index, _faiss().IndexFlat)  # (not some other saved index)
+        if flat and not self.on_gpu and len(self) > 0:
             self._torch = place_search(
                 self._matrix(),
                 self._want_device,

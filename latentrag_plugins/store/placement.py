@@ -89,21 +89,24 @@ def place_search(
     gpu_dtype = search_dtype(dtype, want)
     nbytes = matrix.shape[0] * matrix.shape[1] * (torch.finfo(gpu_dtype).bits // 8)
     why = gpu_shortfall(nbytes, want, memory_fraction)
-    if why is not None:
-        logger.warning(
-            "%s: %s vectors of dim %d in %s take %s; searching on the CPU instead. To search on the "
-            "GPU, free GPU memory, use search_dtype='float16' (half the size of float32) or a "
-            "larger memory_fraction in store.to(%r, memory_fraction=...); "
-            "search_device='cpu' silences this.",
-            name,
-            f"{matrix.shape[0]:,}",
-            matrix.shape[1],
-            str(gpu_dtype).removeprefix("torch."),
-            why,
-            str(want),
-        )
-        return TorchSearch(matrix, device="cpu", dtype=torch.float32, owner=owner)
-    return TorchSearch(upload(matrix, want, gpu_dtype), device=want, dtype=gpu_dtype)
+    if why is None:
+        try:
+            return TorchSearch(upload(matrix, want, gpu_dtype), device=want, dtype=gpu_dtype)
+        except torch.cuda.OutOfMemoryError:  # (memory taken since the check)
+            why = f"{nbytes / _GIB:.2f} GiB, more than {want} could allocate"
+    logger.warning(
+        "%s: %s vectors of dim %d in %s take %s; searching on the CPU instead. To search on the "
+        "GPU, free GPU memory, use search_dtype='float16' (half the size of float32) or a "
+        "larger memory_fraction in store.to(%r, memory_fraction=...); "
+        "search_device='cpu' silences this.",
+        name,
+        f"{matrix.shape[0]:,}",
+        matrix.shape[1],
+        str(gpu_dtype).removeprefix("torch."),
+        why,
+        str(want),
+    )
+    return TorchSearch(matrix, device="cpu", dtype=torch.float32, owner=owner)
 
 
 def upload(matrix: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -4,6 +4,7 @@ A batch of queries reads the vectors once, on the CPU or on a GPU. In float32 th
 exact top-k (the same documents as a FAISS ``IndexFlatIP``, up to ties). In float16 or bfloat16
 (half the memory, the default on a GPU) the vectors are rounded, candidates are chosen by the
 rounded product and re-scored in float32, so scores differ from float32 ones by that rounding only.
+On a GPU, float32 candidates are re-scored too: the product may run in TF32 where torch allows it.
 """
 
 from __future__ import annotations
@@ -83,8 +84,13 @@ class TorchSearch:
 
     @property
     def exact(self) -> bool:
-        """True when the vectors are float32 (no rounding, no re-scoring)."""
+        """True when the vectors are float32 (not rounded)."""
         return self.dtype == torch.float32
+
+    @property
+    def rescores(self) -> bool:
+        """True when candidates are re-scored in float32: rounded vectors, or a GPU."""
+        return not self.exact or self.device.type != "cpu"
 
     @property
     def nbytes(self) -> int:
@@ -112,7 +118,7 @@ class TorchSearch:
         """
         n = len(self)
         k = min(int(k), n)
-        want = k if self.exact else min(n, 2 * k + RESCORE_MARGIN)  # candidates to keep
+        want = min(n, 2 * k + RESCORE_MARGIN) if self.rescores else k  # candidates to keep
         q32 = torch.as_tensor(queries).to(self.device, torch.float32)  # (b, dim)
         q = q32.to(self.dtype)
         rows = max(want, self.chunk_rows(q.shape[0]))
@@ -130,7 +136,7 @@ class TorchSearch:
         if len(vals) > 1:
             v, pos = torch.cat(vals, dim=1).topk(want, dim=1)  # (b, want)
             i = torch.cat(idx, dim=1).gather(1, pos)  # (b, want)
-        if not self.exact:
+        if self.rescores:
             v, i = self._rescore(q32, i, k)
         return v.float().cpu().numpy(), i.cpu().numpy()
 
@@ -139,6 +145,6 @@ class TorchSearch:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Score candidates ``cand`` (b, w) in float32 against ``q32`` (b, dim); keep the top k."""
         vecs = self.vectors[cand].float()  # (b, w, dim)
-        scores = torch.einsum("bwd,bd->bw", vecs, q32)  # (b, w)
+        scores = (vecs * q32[:, None, :]).sum(dim=2)  # (b, w); no matmul, so never TF32
         v, pos = scores.topk(k, dim=1)  # (b, k)
         return v, cand.gather(1, pos)
