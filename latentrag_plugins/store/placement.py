@@ -94,17 +94,18 @@ def place_search(
             return TorchSearch(upload(matrix, want, gpu_dtype), device=want, dtype=gpu_dtype)
         except torch.cuda.OutOfMemoryError:  # (memory taken since the check)
             why = f"{nbytes / _GIB:.2f} GiB, more than {want} could allocate"
+    half = " or search_dtype='float16' (half the size)" if gpu_dtype == torch.float32 else ""
     logger.warning(
         "%s: %s vectors of dim %d in %s take %s; searching on the CPU instead. To search on the "
-        "GPU, free GPU memory, use search_dtype='float16' (half the size of float32) or a "
-        "larger memory_fraction in store.to(%r, memory_fraction=...); "
-        "search_device='cpu' silences this.",
+        "GPU, free GPU memory, or pass a larger memory_fraction to store.to(%r, "
+        "memory_fraction=...)%s; search_device='cpu' silences this.",
         name,
         f"{matrix.shape[0]:,}",
         matrix.shape[1],
         str(gpu_dtype).removeprefix("torch."),
         why,
         str(want),
+        half,
     )
     return TorchSearch(matrix, device="cpu", dtype=torch.float32, owner=owner)
 
