@@ -110,18 +110,49 @@ def is_deepspeed(acc: Any) -> bool:
     return acc.distributed_type == DistributedType.DEEPSPEED
 
 
+def trainable_names(acc: Any, module: torch.nn.Module) -> set[str]:
+    """Names of the trainable tensors of a prepared module, as in its unwrapped state dict."""
+    return {n for n, p in acc.unwrap_model(module).named_parameters() if p.requires_grad}
+
+
+def keep_trainable(weights: dict[str, torch.Tensor], trainable: set[str]) -> None:
+    """Drop the frozen tensors from a state dict about to be checkpointed (in place); keys may
+    carry DDP's ``module.`` prefix."""
+    for k in [k for k in weights if k.removeprefix("module.") not in trainable]:
+        del weights[k]
+
+
 def save_state(acc: Any, path: Path) -> None:
     """Write the resume state (trainable weights, optimizer, RNG states) into ``path``; every
-    process calls it. Frozen weights are left out: they come from ``--model`` again."""
+    process calls it. Frozen weights are left out (a pre-hook applies :func:`keep_trainable`
+    without DeepSpeed): they come from ``--model`` again."""
     if is_deepspeed(acc):
         acc.save_state(str(path), exclude_frozen_parameters=True)
     else:
-        acc.save_state(str(path))  # the trainer's pre-hook keeps only trainable tensors
+        acc.save_state(str(path))
 
 
-def load_state(acc: Any, path: Path) -> None:
-    """Read what :func:`save_state` wrote (frozen weights stay as loaded)."""
+def load_state(acc: Any, module: torch.nn.Module, path: Path, trainable: set[str]) -> None:
+    """Read what :func:`save_state` wrote into the prepared ``module`` (frozen weights stay as
+    loaded).
+
+    Raises:
+        LatentRAGError: The saved weights do not match the trainable tensors (another model).
+    """
     if is_deepspeed(acc):
         acc.load_state(str(path), load_module_strict=False)
-    else:
-        acc.load_state(str(path), strict=False)
+        return
+    from safetensors.torch import load_file
+
+    acc.load_state(str(path), strict=False)  # optimizer, RNG states
+    # The weights again, by their unwrapped names: a strict=False load by the wrapper's names
+    # (DDP's "module." prefix) can match nothing and say nothing.
+    saved = {k.removeprefix("module."): v for k, v in load_file(path / "model.safetensors").items()}
+    missing = sorted(trainable - saved.keys())
+    result = acc.unwrap_model(module).load_state_dict(saved, strict=False)
+    if missing or result.unexpected_keys:
+        odd = missing or result.unexpected_keys
+        raise LatentRAGError(
+            f"{path}: the saved weights do not fit the model being trained ({len(odd)} "
+            f"tensors differ, e.g. {odd[0]})"
+        )

@@ -37,7 +37,14 @@ from .checkpoint import (
     write_trainer_state,
 )
 from .config import TrainConfig
-from .distributed import load_state, make_accelerator, resolve_mixed_precision, save_state
+from .distributed import (
+    keep_trainable,
+    load_state,
+    make_accelerator,
+    resolve_mixed_precision,
+    save_state,
+    trainable_names,
+)
 from .distributed import zero1_config_path as zero1_config_path  # re-exported
 from .metrics_log import MetricsLog, StepMeter
 from .task import Task
@@ -59,6 +66,7 @@ class _Run:
     module: Any  # the task's module, wrapped (DDP, DeepSpeed)
     optimizer: Any
     scheduler: Any
+    trainable: set[str]  # names of the trainable tensors (unwrapped)
     per_proc: int  # batches per epoch of each process
     steps_per_epoch: int
     total: int  # optimizer steps of the run
@@ -234,15 +242,16 @@ class Trainer:
         optimizer = self._optimizer(task.module, cfg)
         scheduler = self._scheduler(optimizer, cfg, total)
         module, optimizer = acc.prepare(task.module, optimizer)
-        trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+        trainable = trainable_names(acc, module)
 
-        def keep_trainable(models: list, weights: list, output_dir: str) -> None:
+        def only_trainable(models: list, weights: list, output_dir: str) -> None:
             for w in weights:  # checkpoint only what trains; frozen weights come from --model
-                for k in [k for k in w if k not in trainable]:
-                    del w[k]
+                keep_trainable(w, trainable)
 
-        acc.register_save_state_pre_hook(keep_trainable)
-        return _Run(task, planner, module, optimizer, scheduler, per_proc, steps_per_epoch, total)
+        acc.register_save_state_pre_hook(only_trainable)
+        return _Run(
+            task, planner, module, optimizer, scheduler, trainable, per_proc, steps_per_epoch, total
+        )
 
     def _restore(
         self, acc: Any, run: _Run, latest: tuple[int, Path] | None, resume: bool
@@ -252,7 +261,7 @@ class Trainer:
             if resume and acc.is_main_process:
                 truncate_log(self.out / "train_log.jsonl", 0)  # nothing was saved: start over
             return 0, 0, 0
-        load_state(acc, latest[1] / STATE_DIR)
+        load_state(acc, run.module, latest[1] / STATE_DIR, run.trainable)
         st = read_trainer_state(latest[1])
         run.scheduler.load_state_dict(st["scheduler"])
         if acc.is_main_process:
