@@ -41,9 +41,7 @@ def inputs(tmp_path_factory, tokenizer, world, wstore):  # noqa: F811
 def _launch(args: list[str], *, deepspeed: bool = False) -> subprocess.CompletedProcess:
     """``latentrag train ARGS`` on two CPU processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if (
-        deepspeed
-    ):  # DeepSpeed's CPU accelerator; Accelerate runs DeepSpeed without ACCELERATE_USE_CPU
+    if deepspeed:  # its CPU accelerator; Accelerate drops DeepSpeed under ACCELERATE_USE_CPU
         env["DS_ACCELERATOR"] = "cpu"
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     else:
