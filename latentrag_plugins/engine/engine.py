@@ -131,6 +131,12 @@ class Engine:
             self._cond.notify()
         return handles
 
+    @property
+    def load(self) -> int:
+        """Requests sent and not ended yet (in flight or waiting)."""
+        with self._cond:
+            return self._load
+
     def close(self) -> None:
         """Cancel every request and stop the thread and the search workers."""
         with self._cond:
@@ -166,6 +172,7 @@ class Engine:
                 if self._should_linger():
                     self._apply(self._linger())
                 self._round()
+                self._admit()  # in the places of requests that ended
         except BaseException as exc:  # a bug: fail everything rather than hang the callers
             log.exception("the LatentRAG engine stopped")
             with self._cond:
@@ -180,7 +187,10 @@ class Engine:
             while not self._inbox and not self._scheduler.runnable():
                 if self._scheduler.requests or self._waiting:
                     self._cond.wait()  # requests wait for their stores
-                elif not self._cond.wait(self.config.idle_exit_s) and not self._inbox:
+                    continue
+                if self._closed or (
+                    not self._cond.wait(self.config.idle_exit_s) and not self._inbox
+                ):
                     self._thread = None
                     return None
             inbox = list(self._inbox)

@@ -1,0 +1,240 @@
+"""The engine: concurrent requests share forward passes and each gets what it gets alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from latentrag_plugins.engine import (
+    Engine,
+    EngineBusy,
+    RequestCancelled,
+    StepEvent,
+    StoreSearch,
+    ThoughtEvent,
+    TokenEvent,
+)
+from latentrag_plugins.engine.answer_text import AnswerText
+from tests.conftest import trace
+from tests.test_model_loop import QS, CountPasses
+
+
+class Gate:
+    """A search function that waits at ``gate`` (an Event) before searching ``store``."""
+
+    def __init__(self, store, gate: threading.Event | None = None) -> None:
+        self.store, self.gate = store, gate or threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, embedding, k, step):
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.store.search(embedding, k)
+
+
+@pytest.fixture
+def engine(model):
+    eng = Engine(model)
+    yield eng
+    eng.close()
+
+
+def alone(model, store, questions, **kw):
+    return [model.run(q, store, **kw) for q in questions]
+
+
+def run_threads(fn, n):
+    barrier = threading.Barrier(n)
+    out: list = [None] * n
+    errors: list = []
+
+    def go(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return out
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_concurrent_threads_get_what_each_gets_alone(model, store, force, decode):
+    qs = QS * 2
+    with force(model, "hidden"):
+        want = alone(model, store, qs, max_steps=3, decode=decode)
+        got = run_threads(lambda i: model.run(qs[i], store, max_steps=3, decode=decode), len(qs))
+    assert trace(got) == trace(want)
+    if decode:
+        thoughts = [[(s.thought, s.subquery) for s in r.steps] for r in got]
+        assert thoughts == [[(s.thought, s.subquery) for s in r.steps] for r in want]
+    assert max(r.batch_size for r in got) > 1, "concurrent requests should share passes"
+    assert [r.forward_passes for r in got] == [r.forward_passes for r in want]
+
+
+def test_asyncio_tasks_with_async_searches_get_what_each_gets_alone(model, store, force, engine):
+    async def search(embedding, k, step):
+        await asyncio.sleep(0)
+        return store.search(embedding, k)
+
+    async def main():
+        handles = [engine.submit(q, search, max_steps=3) for q in QS]
+        return await asyncio.gather(*(h.aresult() for h in handles))
+
+    with force(model, "hidden"):
+        want = alone(model, store, QS, max_steps=3)
+        got = asyncio.run(main())
+    assert trace(got) == trace(want)
+
+
+def test_a_request_arriving_mid_flight_joins_the_running_batch(model, store, force, engine):
+    with force(model, "retrieve"):
+        with CountPasses(model) as counter:
+            want = alone(model, store, QS[:2], max_steps=3)
+        separate = len(counter.lengths)
+        first = Gate(store)
+        with CountPasses(model) as counter:
+            a = engine.submit(QS[0], first, max_steps=3)
+            assert first.entered.wait(30)  # A has run its first step and waits for its store
+            b = engine.submit(QS[1], StoreSearch(store), max_steps=3)
+            first.gate.set()
+            got = [a.result(30), b.result(30)]
+    assert trace(got) == trace(want)
+    assert len(counter.lengths) < separate  # B's passes ran with A's, not after them
+    assert max(r.batch_size for r in got) > 1
+
+
+def test_a_slow_search_does_not_hold_up_other_requests(model, store, force, engine):
+    slow = Gate(store)
+    with force(model, "hidden"):
+        want = alone(model, store, QS[1:3], max_steps=3)
+        a = engine.submit(QS[0], slow, max_steps=3, min_steps=1)
+        assert slow.entered.wait(30)
+        others = [engine.submit(q, StoreSearch(store), max_steps=3) for q in QS[1:3]]
+        got = [h.result(30) for h in others]  # while A still waits for its store
+        assert not slow.gate.is_set()
+        slow.gate.set()
+        assert a.result(30).steps
+    assert trace(got) == trace(want)
+
+
+def test_cancelling_one_request_ends_it_and_the_others_finish(model, store, force, engine):
+    blocked = Gate(store)
+    with force(model, "hidden"):
+        want = alone(model, store, QS[1:], max_steps=3)
+        a = engine.submit(QS[0], blocked, max_steps=3, min_steps=1)
+        assert blocked.entered.wait(30)
+        others = [engine.submit(q, StoreSearch(store), max_steps=3) for q in QS[1:]]
+        a.cancel()
+        with pytest.raises(RequestCancelled):
+            a.result(30)
+        got = [h.result(30) for h in others]
+        blocked.gate.set()
+    assert trace(got) == trace(want)
+    _assert_nothing_left(engine)
+
+
+def test_a_closed_stream_ends_its_answer_at_the_next_token(model, store, force, engine):
+    with force(model, "answer"):
+        handle = engine.submit(QS[0], StoreSearch(store), max_steps=0)
+        events = handle.events(timeout=30)
+        for event in events:
+            if isinstance(event, TokenEvent):
+                break
+        events.close()  # the reader stops: the request is cancelled
+        with pytest.raises(RequestCancelled):
+            handle.result(30)
+        full = engine.submit(QS[0], StoreSearch(store), max_steps=0).result(30)
+    assert full.output_tokens > 1
+    _assert_nothing_left(engine)
+
+
+def test_events_come_in_order(model, store, force, engine):
+    with force(model, "retrieve"):
+        handle = engine.submit(QS[0], StoreSearch(store), max_steps=2, decode=True)
+        events = list(handle.events(timeout=30))
+        res = handle.result()
+    kinds = [type(e).__name__[0] + str(getattr(e, "step", "")) for e in events]
+    tokens = sum(k == "T" for k in kinds)
+    assert kinds == ["T0", "S0", "T1", "S1", "T2", "S2"] + ["T"] * tokens
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.action for e in steps] == [s.action for s in res.steps]
+    assert [[d.id for d in e.docs] for e in steps] == [[d.id for d in s.docs] for s in res.steps]
+    thoughts = [e.thought for e in events if isinstance(e, ThoughtEvent)]
+    assert thoughts == [s.thought for s in res.steps]
+    text = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert text.strip() == res.answer
+
+
+def test_a_full_queue_refuses_at_once(model, store):
+    engine = Engine(model, max_batch=1, max_queue=1)
+    gate = Gate(store)
+    try:
+        first = engine.submit(QS[0], gate, min_steps=1)
+        second = engine.submit(QS[1], StoreSearch(store))
+        with pytest.raises(EngineBusy, match="max_queue"):
+            engine.submit(QS[2], StoreSearch(store))
+        gate.gate.set()
+        assert first.result(30) and second.result(30)
+        engine.submit(QS[2], StoreSearch(store)).result(30)  # room again
+    finally:
+        engine.close()
+
+
+def test_a_failing_search_fails_its_request_alone(model, store, force, engine):
+    def broken(embedding, k, step):
+        raise ConnectionError("store down")
+
+    with force(model, "retrieve"):
+        want = alone(model, store, QS[1:3], max_steps=2)
+        bad = engine.submit(QS[0], broken, max_steps=2)
+        good = [engine.submit(q, StoreSearch(store), max_steps=2) for q in QS[1:3]]
+        with pytest.raises(ConnectionError, match="store down"):
+            bad.result(30)
+        got = [h.result(30) for h in good]
+    assert trace(got) == trace(want)
+    _assert_nothing_left(engine)
+
+
+def test_bad_questions_are_refused_before_any_work(model, store, engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit("  ", StoreSearch(store))
+    with pytest.raises(ValueError, match="too long"):
+        engine.submit_many([QS[0], "why " * 5000], StoreSearch(store))
+    _assert_nothing_left(engine)
+
+
+def _assert_nothing_left(engine: Engine) -> None:
+    """No request, row or search is left once every caller has its answer (the engine cleans
+    up before it answers)."""
+    assert engine.load == 0
+    assert engine._scheduler.requests == [] and not engine._searching and not engine._waiting
+
+
+class _Lower:
+    """A tokenizer stand-in that lower-cases, as uncased WordPiece does."""
+
+    def decode(self, tokens, skip_special_tokens=True):
+        return "".join(tokens).lower()
+
+
+def test_answers_take_the_casing_of_what_the_model_read():
+    pieces: list[str] = []
+    text = AnswerText(_Lower(), pieces.append)
+    text.read(["Soukarholm\nThe river Voupai flows through Soukarholm."])
+    for token in [" sou", "kar", "holm"]:
+        text.add(token)
+    assert text.finish() == "Soukarholm" and "".join(pieces) == " Soukarholm"
+    other = AnswerText(_Lower())
+    other.read(["Nothing here."])
+    for token in ["big ", "city"]:
+        other.add(token)
+    assert other.finish() == "big city"  # not in the sources: as generated
