@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FaissStore", "refusal"]
 
 GPU_MAX_K = 2048  # faiss GPU indexes return at most this many neighbours
-TORCH_MIN_BATCH = 4  # on the CPU, batches of at least this many queries use the matrix product
+TORCH_MIN_BATCH = 3  # on the CPU, batches of at least this many queries use the matrix product
 
 
 def _gpu_available(faiss: Any) -> bool:
