@@ -123,6 +123,12 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         self.prompts = PromptBuilder(tokenizer, self.ids)
         self._engine: Engine | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without its engine (a copy or an unpickled model makes its own)."""
+        state = self.__dict__.copy()
+        state["_engine"] = None
+        return state
+
     # ------------------------------------------------------------------------------ building
     @classmethod
     def init(

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from latentrag_plugins.engine import (
+    EndRequest,
     Engine,
     EngineBusy,
     RequestCancelled,
@@ -28,10 +29,10 @@ class Gate:
         self.store, self.gate = store, gate or threading.Event()
         self.entered = threading.Event()
 
-    def __call__(self, embedding, k, step):
+    def __call__(self, query):
         self.entered.set()
         assert self.gate.wait(30), "the test never opened the gate"
-        return self.store.search(embedding, k)
+        return self.store.search(query.embedding, query.k)
 
 
 @pytest.fixture
@@ -81,9 +82,9 @@ def test_concurrent_threads_get_what_each_gets_alone(model, store, force, decode
 
 
 def test_asyncio_tasks_with_async_searches_get_what_each_gets_alone(model, store, force, engine):
-    async def search(embedding, k, step):
+    async def search(query):
         await asyncio.sleep(0)
-        return store.search(embedding, k)
+        return store.search(query.embedding, query.k)
 
     async def main():
         handles = [engine.submit(q, search, max_steps=3) for q in QS]
@@ -190,7 +191,7 @@ def test_a_full_queue_refuses_at_once(model, store):
 
 
 def test_a_failing_search_fails_its_request_alone(model, store, force, engine):
-    def broken(embedding, k, step):
+    def broken(query):
         raise ConnectionError("store down")
 
     with force(model, "retrieve"):
@@ -238,3 +239,12 @@ def test_answers_take_the_casing_of_what_the_model_read():
     for token in ["big ", "city"]:
         other.add(token)
     assert other.finish() == "big city"  # not in the sources: as generated
+
+
+def test_a_search_can_end_its_request(model, engine):
+    def nothing(query):
+        raise EndRequest
+
+    res = engine.submit(QS[0], nothing, min_steps=1).result(30)
+    assert [s.action for s in res.steps] == ["retrieve"] and res.answer == ""
+    _assert_nothing_left(engine)

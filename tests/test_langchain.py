@@ -232,7 +232,7 @@ def test_step_settings_default_to_the_models_config(lc_model, vs, monkeypatch):
 def test_title_metadata_leads_the_text_the_model_reads():
     """As in the LlamaIndex adapter: a store's ``title`` metadata field is the document's title
     line, unless its text already starts with it."""
-    from latentrag_plugins.langchain._loop import _as_retrieved
+    from latentrag_plugins.langchain._run import as_retrieved as _as_retrieved
 
     hits = [
         (Document(page_content="Born in Warsaw.", metadata={"title": "Marie Curie"}), 0.9),
@@ -445,13 +445,13 @@ def _finishes(main: Any, seconds: float = 120) -> Any:
 
 
 def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
-    """Streaming answer tokens wait for the event loop while holding the model lock, so the loop
-    must never wait for that lock (it did when a finished or cancelled call closed its loop)."""
+    """Concurrent async calls, one cancelled at its first answer token, each get their own
+    answer, and the model serves the next call."""
     import copy
 
     from langchain_core.callbacks import AsyncCallbackHandler
 
-    model = copy.deepcopy(lc_model)  # its own lock: a deadlock here cannot stall other tests
+    model = copy.deepcopy(lc_model)  # its own engine: a deadlock here cannot stall other tests
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
     questions = [Q, "Who was Pierre Curie?", "Where is Warsaw?", "What is the Vistula?"] * 2
     want = [chain.invoke(q)["answer"] for q in questions]
@@ -475,21 +475,21 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
-def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[str]]:
-    """Make each async call's worker write an answer token every ``seconds``; the returned dict
-    fills with the tokens each call's relay took, in call order."""
+def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[int]]:
+    """Make the engine generate an answer token every ``seconds``; the returned dict fills with
+    the tokens each request generated, in request order."""
     import time
 
-    from latentrag_plugins.langchain import chain as chain_module
+    from latentrag_plugins.engine.answer_text import AnswerText
 
-    relay, written = chain_module._TokenRelay.__call__, {}
+    add, written = AnswerText.add, {}
 
-    def paced(self: Any, row: int, text: str) -> None:
+    def paced(self: Any, token: int) -> None:
         time.sleep(seconds)
-        relay(self, row, text)
-        written.setdefault(self, []).append(text)
+        add(self, token)
+        written.setdefault(self, []).append(token)
 
-    monkeypatch.setattr(chain_module._TokenRelay, "__call__", paced)
+    monkeypatch.setattr(AnswerText, "add", paced)
     return written
 
 
@@ -498,10 +498,10 @@ def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     lc_model, vs, monkeypatch, slow_handler
 ):
     """The tiny model writes its full 32 answer tokens; cancelled at the first, it writes only
-    the tokens already under way (the worker thread ends the answer; nobody waits for it), and
-    none of them reaches a callback once the call has ended, even when the handler was slow to
-    cancel and later tokens were queued. Each token is paced at 50 ms, so the count does not
-    hang on how fast a busy machine's event loop sees the cancellation."""
+    the tokens already under way (the engine drops the request at its next pass), and none of
+    them reaches a callback once the call has ended, even when the handler was slow to cancel.
+    Each token is paced at 50 ms, so the count does not hang on how fast a busy machine's event
+    loop sees the cancellation."""
     import copy
 
     from langchain_core.callbacks import AsyncCallbackHandler
@@ -532,7 +532,7 @@ def test_a_cancelled_call_stops_its_answer_at_the_next_token(
         with pytest.raises(asyncio.CancelledError):
             await handler.task
         handler.ended = True
-        await chain.ainvoke(Q)  # waits for the model lock: the cancelled answer has ended
+        await chain.ainvoke(Q)
         await asyncio.sleep(0.05)
 
     _finishes(main)
@@ -591,16 +591,15 @@ def test_a_raising_token_handler_fails_the_call_and_ends_its_answer(
 
 
 def test_many_concurrent_calls_with_plain_handlers_stream_every_token_in_order(lc_model, vs):
-    """A plain (sync) callback handler runs in the event loop's default thread pool, which the
-    calls waiting for the model lock can fill: answer tokens must not wait for it (they
-    deadlocked at os.cpu_count() + 4 concurrent calls), and still arrive whole and in order,
-    before the call returns."""
+    """A plain (sync) callback handler runs in the event loop's default thread pool: with more
+    concurrent calls than its threads (os.cpu_count() + 4), every answer token still arrives,
+    whole and in order, before its call returns."""
     import copy
     import os
 
     from langchain_core.callbacks import BaseCallbackHandler
 
-    model = copy.deepcopy(lc_model)  # its own lock: a deadlock here cannot stall other tests
+    model = copy.deepcopy(lc_model)  # its own engine: a deadlock here cannot stall other tests
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
 
     class Tokens(BaseCallbackHandler):
@@ -628,7 +627,7 @@ def test_many_concurrent_calls_with_plain_handlers_stream_every_token_in_order(l
 def test_chain_output_and_inputs(lc_model, vs, retrieving):
     chain = LatentRAGChain(model=lc_model, vectorstore=vs, top_k=2, max_steps=2)
     out = chain.invoke(Q)
-    assert set(out) == {"answer", "source_documents", "steps", "timings_ms", *COUNTS}
+    assert set(out) == {"answer", "source_documents", "steps", "timings_ms", "batch_size", *COUNTS}
     assert isinstance(out["answer"], str) and out["answer"]
     assert [s["action"] for s in out["steps"]] == ["retrieve", "retrieve", "answer"]
     ids = [i for s in out["steps"] for i in s["document_ids"]]
@@ -664,18 +663,11 @@ class _InMemoryAsCoreStore:
         return [RetrievedDoc(id=d.id, text=d.page_content, score=s) for d, s in hits]
 
 
-def test_chain_batch_is_one_batched_loop(lc_model, vs, retrieving, monkeypatch):
-    from latentrag_plugins.langchain import _loop
-
-    calls = []
-    real = _loop.latent_loop
-    monkeypatch.setattr(
-        _loop, "latent_loop", lambda m, qs, **kw: calls.append(qs) or real(m, qs, **kw)
-    )
+def test_chain_batch_shares_forward_passes(lc_model, vs, retrieving):
     chain = LatentRAGChain(model=lc_model, vectorstore=vs, max_steps=1)
     questions = [Q, "Who was Pierre Curie?", "What is the capital of Poland?"]
     batched = chain.batch(questions)
-    assert calls == [questions]
+    assert all(b["batch_size"] > 1 for b in batched)
     single = [chain.invoke(q) for q in questions]
     for b, s in zip(batched, single):
         assert b["answer"] == s["answer"]
@@ -726,9 +718,9 @@ async def test_chain_astream_and_astream_events(lc_model, vs, retrieving):
         if (t["name"], e["name"]) == (THOUGHT, STEP)
     ]
     assert [c["step"] for c in streamed[:-1]] == steps == streamed[-1]["steps"]
-    # the retrieval steps' thoughts stream live, before the answer tokens
-    assert names[:5] == [THOUGHT, STEP, THOUGHT, STEP, TOKEN]
-    assert names[-2:] == [THOUGHT, STEP]  # the answer step's, known when the loop ends
+    # every step's thought streams live, just before its step, then the answer tokens
+    assert names[:7] == [THOUGHT, STEP] * 3 + [TOKEN]
+    assert set(names[6:]) == {TOKEN}
     end = next(e for e in events if e["event"] == "on_chain_end")
     assert end["data"]["output"]["answer"] == chunks[-1]["answer"]
     tokens = "".join(e["data"]["text"] for e in custom if e["name"] == TOKEN)
@@ -802,8 +794,15 @@ def test_tool_events_reach_a_callback_handler(lc_model, vs, retrieving):
     )
     assert set(chain_tool.args) == {"question"}
     rec = Recorder()
-    out = chain_tool.invoke({"question": Q}, config={"callbacks": [rec]})
-    assert out["answer"] and len(rec.named(STEP)) == 2 and rec.named(TOKEN)
+    text = chain_tool.invoke({"question": Q}, config={"callbacks": [rec]})
+    assert len(rec.named(STEP)) == 2 and rec.named(TOKEN)
+    # the agent's LLM reads the answer and its sources; the whole output is the artifact
+    call = {"type": "tool_call", "id": "c1", "name": "latentrag_answer", "args": {"question": Q}}
+    message = chain_tool.invoke(call)
+    out = message.artifact
+    assert message.content == text and text.startswith(out["answer"])
+    assert [f"(id: {d.id})" in text for d in out["source_documents"]] == [True] * 3
+    assert len(text) < 400 and "Sources:" in text
 
 
 @pytest.mark.asyncio

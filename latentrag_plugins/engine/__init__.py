@@ -12,16 +12,18 @@ from .events import Event, StepEvent, ThoughtEvent, TokenEvent
 from .handle import RequestCancelled, RequestHandle
 from .loop import SearchRequest, drive, latent_loop, question_prompt, result_docs, search_store
 from .request import RequestOptions
-from .search import StoreSearch, search_many
+from .search import EndRequest, SearchQuery, StoreSearch, search_many
 
 __all__ = [
     "Engine",
     "EngineBusy",
     "EngineConfig",
+    "EndRequest",
     "Event",
     "RequestCancelled",
     "RequestHandle",
     "RequestOptions",
+    "SearchQuery",
     "SearchRequest",
     "StepEvent",
     "StoreSearch",

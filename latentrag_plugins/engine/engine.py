@@ -28,7 +28,7 @@ from .handle import RequestCancelled, RequestHandle
 from .loop import question_prompt
 from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
 from .scheduler import LatentScheduler
-from .search import event_loop_for
+from .search import EndRequest, SearchQuery, event_loop_for
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -78,9 +78,9 @@ class Engine:
 
         Args:
             question: The question.
-            search: Its store's search function: ``search(embedding, k, step) -> list[
-                RetrievedDoc]``, sync (run in a worker thread) or async (run on ``loop``, by
-                default the running one). See :class:`~.search.StoreSearch` for a store.
+            search: Its store's search function: ``search(SearchQuery) -> list[RetrievedDoc]``,
+                sync (run in a worker thread) or async (run on ``loop``, by default the running
+                one). See :class:`~.search.StoreSearch` for a store.
             loop: The event loop an async ``search`` runs on.
             **options: ``max_steps``, ``top_k``, ``min_steps``, ``decode``, ``logit_lens``,
                 ``generate_answer``, ``final_thought`` (see :class:`~.request.RequestOptions`).
@@ -94,23 +94,27 @@ class Engine:
     def submit_many(
         self,
         questions: Sequence[str],
-        search: Callable[..., Any],
+        search: Callable[..., Any] | Sequence[Callable[..., Any]],
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         **options: Any,
     ) -> list[RequestHandle]:
         """Send several questions at once (they start in the same pass); same arguments as
-        :meth:`submit`. All are checked before any is sent."""
+        :meth:`submit`, with one search function for all or one per question. All are checked
+        before any is sent."""
         opts = RequestOptions.resolve(self.model.config, **options)
         questions = list(questions)
+        searches = list(search) if isinstance(search, Sequence) else [search] * len(questions)
+        if len(searches) != len(questions):
+            raise ValueError("pass one search function, or one per question")
         check_questions(questions)
         prompts = [question_prompt(self.model, q) for q in questions]
-        search_loop = event_loop_for(search, loop)
+        loops = [event_loop_for(s, loop) for s in searches]
         handles, requests = [], []
-        for q, prompt in zip(questions, prompts):
+        for q, prompt, fn, fn_loop in zip(questions, prompts, searches, loops):
             handle = RequestHandle()
             text = AnswerText(self.model.tokenizer, piece_sink(handle.send))
-            req = LatentRequest(prompt, q, opts, text, handle.send, search, search_loop)
+            req = LatentRequest(prompt, q, opts, text, handle.send, fn, fn_loop)
             handle.on_cancel = functools.partial(self._post, "cancel", req)
             handles.append(handle)
             requests.append(req)
@@ -286,7 +290,7 @@ class Engine:
                 if len(found) != len(jobs):
                     raise RuntimeError("search_batch returned a wrong number of results")
             else:
-                found = [search(jobs[0].embedding, jobs[0].k, jobs[0].step)]
+                found = [search(_query(jobs[0]))]
         except BaseException as exc:
             for job in jobs:
                 self._post("found", job, None, exc, time.perf_counter() - t0)
@@ -296,7 +300,7 @@ class Engine:
 
     def _start_async(self, job: SearchJob) -> concurrent.futures.Future[Any]:
         t0 = time.perf_counter()
-        coro = job.request.search(job.embedding, job.k, job.step)
+        coro = job.request.search(_query(job))
         try:
             future = asyncio.run_coroutine_threadsafe(coro, job.request.loop)
         except RuntimeError as exc:  # the caller's event loop has closed
@@ -319,6 +323,10 @@ class Engine:
             return  # cancelled meanwhile
         del self._searching[id(req)]
         req.stages["retrieval"] += s * 1e3
+        if isinstance(error, EndRequest):
+            self._scheduler.remove(req)
+            self._end(req, req.finish(), None)
+            return
         try:
             if error is not None:
                 raise error
@@ -343,3 +351,9 @@ class Engine:
             with self._cond:
                 self._load -= 1
             handle.close(result, error)
+
+
+def _query(job: SearchJob) -> SearchQuery:
+    req = job.request
+    subquery = req.steps[-1].subquery if req.steps else None
+    return SearchQuery(job.embedding, job.k, job.step, req.question, subquery)

@@ -1,10 +1,10 @@
 """How a request searches its store: a sync or async function, batched across requests when the
 store can search many embeddings at once.
 
-A search function takes ``(embedding (dim,) float32, k, step)`` and returns the step's
-documents, best first (``list[RetrievedDoc]``), or is a coroutine function returning them. The
-engine runs a sync one in a worker thread and an async one on the caller's event loop, so a
-request waiting for its store never holds up the others.
+A search function takes a :class:`SearchQuery` and returns the step's documents, best first
+(``list[RetrievedDoc]``), or is a coroutine function returning them. The engine runs a sync one
+in a worker thread and an async one on the caller's event loop, so a request waiting for its
+store never holds up the others. Raising :class:`EndRequest` ends the request there.
 """
 
 from __future__ import annotations
@@ -12,12 +12,37 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..results import RetrievedDoc
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One latent step's search.
+
+    Attributes:
+        embedding: The latent query embedding ``(dim,)``, float32, L2-normalised.
+        k: Documents wanted.
+        step: 0-based step index.
+        question: The request's question.
+        subquery: The step's decoded subquery (requests with ``decode=True``), else None.
+    """
+
+    embedding: np.ndarray
+    k: int
+    step: int
+    question: str
+    subquery: str | None = None
+
+
+class EndRequest(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a search function to end its request at once: the result holds the steps so
+    far and no answer (e.g. an empty index, where nothing can be found)."""
 
 
 def search_many(store: Any, embeddings: np.ndarray, k: int) -> list[list[RetrievedDoc]]:
@@ -47,8 +72,8 @@ class StoreSearch:
         """Requests whose searches share this value are searched together (:meth:`batch`)."""
         return self.store
 
-    def __call__(self, embedding: np.ndarray, k: int, step: int) -> list[RetrievedDoc]:
-        return self.batch(embedding[None], k)[0]
+    def __call__(self, query: SearchQuery) -> list[RetrievedDoc]:
+        return self.batch(query.embedding[None], query.k)[0]
 
     def batch(self, embeddings: np.ndarray, k: int) -> list[list[RetrievedDoc]]:
         """Search every row of ``embeddings (b, dim)``."""

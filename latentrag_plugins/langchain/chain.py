@@ -3,14 +3,12 @@
 It replaces a retrieval chain (retriever + prompt + LLM) with one LatentRAG model: the model
 reasons and searches the vector store in latent space, then writes the answer. It works as a
 LangGraph node (input ``{"question": ...}``, output merged into the state) and as an agent
-tool (``chain.as_tool()``).
+tool (:meth:`LatentRAGChain.as_tool`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import aclosing
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -18,26 +16,17 @@ from langchain_core.callbacks import (
     CallbackManagerForChainRun,
 )
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..errors import GenerationStopped
-from ..inference import question_prompt
+from ..engine import question_prompt
 from ..live import check_question, resolve_model
 from ..model import LatentRAG
 from ..results import LatentRAGResult
-from ._loop import (
-    LoopOptions,
-    LoopOutcome,
-    aconsume,
-    adrive,
-    collect_documents,
-    consume,
-    drive,
-    step_records,
-)
+from ._run import Run
 from ._store_adapter import StoreSearcher, check_store
-from .events import STEP_EVENT, THOUGHT_EVENT, TOKEN_EVENT, Hit, adispatch, dispatch
+from .tool_output import TOOL_DESCRIPTION, tool_content
 
 ChainInput = str | dict[str, Any]
 _QUESTION_KEYS = ("question", "input", "query")
@@ -61,16 +50,20 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
          "steps": [{"step", "action", "forced", "document_ids", "scores", "thought",
                     "subquery"}, ...],
          "timings_ms": {"prefill", "reasoning", "retrieval", "answer", "decode", "total"},
-         "forward_passes": int, "input_tokens": int, "output_tokens": int}
+         "forward_passes": int, "input_tokens": int, "output_tokens": int,
+         "batch_size": float}  # mean questions per forward pass it took part in
 
-    ``batch``/``abatch`` answer all questions in one batched latent loop (shared forward passes;
-    timings are those of the batch). ``stream``/``astream`` yield ``{"step": {...}}`` for each
-    latent step as it happens (the step's entry of ``steps``), then the output above as the last
-    chunk.
+    ``stream``/``astream`` yield ``{"step": {...}}`` for each latent step as it happens (the
+    step's entry of ``steps``), then the output above as the last chunk.
+
+    Every call runs on the model's engine (``model.engine``): calls from any number of threads
+    or tasks, and the questions of ``batch``/``abatch``, share forward passes; a call waiting
+    for the store holds up no other. Cancelling a call (or closing its stream) ends its answer
+    at the next token.
 
     Events (custom callback events, see :mod:`latentrag_plugins.langchain.events`):
     ``latentrag_step`` per latent step, ``latentrag_thought`` per step with ``decode=True`` (just
-    before the step's ``latentrag_step``), and ``latentrag_token`` per answer token.
+    before the step's ``latentrag_step``), and ``latentrag_token`` per piece of answer text.
 
     An empty store (or a search that finds nothing) gives steps without documents: the model
     answers from the question alone and ``source_documents`` is ``[]``.
@@ -121,61 +114,33 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
             value = next((v for v in found if v is not None), value)
         return check_question(value, type(self).__name__)
 
-    def _prepare(self) -> tuple[StoreSearcher, LoopOptions]:
+    def _runs(self, configs: list[RunnableConfig]) -> list[Run]:
         if not self._dim_checked:
             self._dim_checked = check_store(self.vectorstore, self.model)
-        opts = LoopOptions(
-            top_k=self.top_k, max_steps=self.max_steps, min_steps=self.min_steps,
-            decode=self.decode, generate_answer=True,
-        )  # fmt: skip
-        return StoreSearcher(self.vectorstore, self.search_kwargs), opts
+        searcher = StoreSearcher(self.vectorstore, self.search_kwargs)
+        return [Run(searcher, config) for config in configs]
 
-    def _output(self, result: LatentRAGResult, hits: dict[int, list[Hit]]) -> dict[str, Any]:
+    def _options(self) -> dict[str, Any]:
+        return dict(
+            top_k=self.top_k, max_steps=self.max_steps, min_steps=self.min_steps,
+            decode=self.decode, final_thought=self.decode,
+        )  # fmt: skip
+
+    def _output(self, result: LatentRAGResult, run: Run) -> dict[str, Any]:
         return {
             "answer": result.answer,
-            "source_documents": collect_documents(result, hits, decode=self.decode),
-            "steps": step_records(result, hits),
+            "source_documents": run.documents(result, decode=self.decode),
+            "steps": run.steps(result),
             "timings_ms": result.timings_ms.model_dump(),
             "forward_passes": result.forward_passes,
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,
+            "batch_size": result.batch_size,
         }
 
-    def _run(self, questions: list[str], configs: list[RunnableConfig]) -> list[dict[str, Any]]:
-        searcher, opts = self._prepare()
-        out = consume(
-            drive(
-                self.model, questions, searcher, opts,
-                on_token=lambda row, text: dispatch(TOKEN_EVENT, {"text": text}, configs[row]),
-            ),
-            lambda row, name, data: dispatch(name, data, configs[row]),
-        )  # fmt: skip
-        return [self._output(r, h) for r, h in zip(out.results, out.hits)]
-
-    async def _arun(
-        self, questions: list[str], configs: list[RunnableConfig]
-    ) -> list[dict[str, Any]]:
-        searcher, opts = self._prepare()
-        tokens = _TokenRelay(configs)
-
-        async def on_event(row: int, name: str, data: dict[str, Any]) -> None:
-            await tokens.flush()  # answer tokens first, in order
-            await adispatch(name, data, configs[row])
-
-        try:
-            out = await aconsume(adrive(self.model, questions, searcher, opts, tokens), on_event)
-        except asyncio.CancelledError:
-            tokens.stop()
-            raise
-        except GenerationStopped:
-            await tokens.flush()  # the handler error that ended the answers, not this one
-            raise
-        await tokens.flush()
-        return [self._output(r, h) for r, h in zip(out.results, out.hits)]
-
-    def _parse_all(self, inputs: list[Any]) -> tuple[list[int], list[str], list[Any]]:
-        """Indices and questions of the valid inputs; a ValueError in place of the others (empty,
-        or too long: one such input fails, not its whole batch)."""
+    def _parse_all(self, inputs: list[Any]) -> list[Any]:
+        """Each input's question, or the ValueError it raises (empty, or too long: one such
+        input fails, not its whole batch)."""
         slots: list[Any] = []
         for value in inputs:
             try:
@@ -184,8 +149,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
                 slots.append(question)
             except ValueError as exc:
                 slots.append(exc)
-        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
-        return valid, [slots[i] for i in valid], slots
+        return slots
 
     # ------------------------------------------------------------------------------ invoke
     def invoke(
@@ -197,7 +161,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     def _invoke(
         self, input: ChainInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> dict[str, Any]:
-        return self._run([self._question(input)], [config])[0]
+        return self._batch([input], [run_manager], [config], single=True)[0]
 
     async def ainvoke(
         self, input: ChainInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -211,7 +175,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> dict[str, Any]:
-        return (await self._arun([self._question(input)], [config]))[0]
+        return (await self._abatch([input], [run_manager], [config], single=True))[0]
 
     # ------------------------------------------------------------------------------ batch
     def batch(
@@ -222,7 +186,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
-        """Answer several questions in one batched latent loop (one run per input)."""
+        """Answer several questions, sharing forward passes (one output per input)."""
         return self._batch_with_config(
             self._batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
@@ -232,11 +196,25 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         inputs: list[ChainInput],
         run_manager: list[CallbackManagerForChainRun],
         config: list[RunnableConfig],
+        single: bool = False,
     ) -> list[Any]:
-        valid, questions, slots = self._parse_all(inputs)
-        outputs = self._run(questions, [config[i] for i in valid]) if valid else []
-        for i, out in zip(valid, outputs):
-            slots[i] = out
+        slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
+        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
+        runs = self._runs([config[i] for i in valid])
+        handles = self.model.engine.submit_many(
+            [slots[i] for i in valid], [r.search for r in runs], **self._options()
+        )
+        try:
+            for i, run, handle in zip(valid, runs, handles):
+                try:
+                    slots[i] = self._output(handle.result(on_event=run.dispatch), run)
+                except Exception as exc:  # this input fails alone
+                    if single:
+                        raise
+                    slots[i] = exc
+        finally:
+            for handle in handles:
+                handle.cancel()  # those still running, if a callback raised
         return slots
 
     async def abatch(
@@ -247,7 +225,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
-        """Async :meth:`batch`: one batched latent loop, store searched with its async API."""
+        """Async :meth:`batch`: the store searched with its async API."""
         return await self._abatch_with_config(
             self._abatch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
@@ -257,11 +235,25 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         inputs: list[ChainInput],
         run_manager: list[AsyncCallbackManagerForChainRun],
         config: list[RunnableConfig],
+        single: bool = False,
     ) -> list[Any]:
-        valid, questions, slots = self._parse_all(inputs)
-        outputs = await self._arun(questions, [config[i] for i in valid]) if valid else []
-        for i, out in zip(valid, outputs):
-            slots[i] = out
+        slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
+        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
+        runs = self._runs([config[i] for i in valid])
+        handles = self.model.engine.submit_many(
+            [slots[i] for i in valid], [r.asearch for r in runs], **self._options()
+        )
+        try:
+            for i, run, handle in zip(valid, runs, handles):
+                try:
+                    slots[i] = self._output(await handle.aresult(on_event=run.adispatch), run)
+                except Exception as exc:  # this input fails alone
+                    if single:
+                        raise
+                    slots[i] = exc
+        finally:
+            for handle in handles:
+                handle.cancel()  # those still running, if cancelled or a callback raised
         return slots
 
     # ------------------------------------------------------------------------------ stream
@@ -278,16 +270,13 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         config: RunnableConfig,
     ) -> Iterator[dict[str, Any]]:
         question = self._question(next(inputs))
-        searcher, opts = self._prepare()
-        on_token = lambda _row, text: dispatch(TOKEN_EVENT, {"text": text}, config)  # noqa: E731
-        texts: dict[int, tuple[Any, Any]] = {}
-        for item in drive(self.model, [question], searcher, opts, on_token=on_token):
-            if isinstance(item, LoopOutcome):
-                yield self._output(item.results[0], item.hits[0])
-                continue
-            dispatch(item[1], item[2], config)
-            if (chunk := _step_chunk(item[1], item[2], texts)) is not None:
+        (run,) = self._runs([config])
+        handle = self.model.engine.submit(question, run.search, **self._options())
+        for event in handle.events():  # closing the stream cancels the request
+            run.dispatch(event)
+            if (chunk := run.step_chunk(event)) is not None:
                 yield chunk
+        yield self._output(handle.result(), run)
 
     async def astream(
         self, input: ChainInput, config: RunnableConfig | None = None, **kwargs: Any
@@ -309,80 +298,48 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         config: RunnableConfig,
     ) -> AsyncIterator[dict[str, Any]]:
         question = self._question(await anext(inputs))
-        searcher, opts = self._prepare()
-        tokens = _TokenRelay([config])
-        texts: dict[int, tuple[Any, Any]] = {}
-        items = adrive(self.model, [question], searcher, opts, on_token=tokens)
-        try:
-            async with aclosing(items):  # close the loop now if the consumer stops early
-                async for item in items:
-                    await tokens.flush()  # answer tokens first, in order
-                    if isinstance(item, LoopOutcome):
-                        yield self._output(item.results[0], item.hits[0])
-                        continue
-                    await adispatch(item[1], item[2], config)
-                    if (chunk := _step_chunk(item[1], item[2], texts)) is not None:
-                        yield chunk
-        except GenerationStopped:
-            await tokens.flush()  # the handler error that ended the answer, not this one
-            raise
-        finally:
-            tokens.stop()  # a no-op once the answer is done
+        (run,) = self._runs([config])
+        handle = self.model.engine.submit(question, run.asearch, **self._options())
+        async for event in handle.aevents():  # closing the stream cancels the request
+            await run.adispatch(event)
+            if (chunk := run.step_chunk(event)) is not None:
+                yield chunk
+        yield self._output(await handle.aresult(), run)
 
+    # ------------------------------------------------------------------------------ tool
+    def as_tool(
+        self,
+        args_schema: type[BaseModel] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
+        """This chain as an agent tool: the agent's LLM gets the answer and a short list of
+        the sources it came from (titles and ids, to cite); the whole output dict is the tool
+        message's ``artifact``. Events reach the tool run's callbacks.
 
-def _step_chunk(
-    name: str, data: dict[str, Any], texts: dict[int, tuple[Any, Any]]
-) -> dict[str, Any] | None:
-    """The stream chunk of a step event (the step's entry of the output's ``steps``); thought
-    events (which come first) are remembered for it."""
-    if name == THOUGHT_EVENT:
-        texts[data["step"]] = (data["thought"], data["subquery"])
-    if name != STEP_EVENT:
-        return None
-    thought, subquery = texts.get(data["step"], (None, None))
-    return {"step": {**data, "thought": thought, "subquery": subquery}}
+        Args:
+            args_schema: Ignored unless given: the input is ``{"question": str}``.
+            name: Tool name (default ``"latentrag"``).
+            description: Tool description shown to the agent's LLM.
+            arg_types: Not used (the input schema is fixed).
+        """
+        chain = self
 
+        def answer(question: str, config: RunnableConfig) -> tuple[str, dict[str, Any]]:
+            out = chain.invoke({"question": question}, config)
+            return tool_content(out), out
 
-class _TokenRelay:
-    """An ``on_token`` for the worker thread the forward passes run in: it dispatches each answer
-    token as ``latentrag_token`` on the event loop, in order, without waiting there. (Waiting
-    deadlocked: a plain callback handler runs in the loop's default thread pool, which the
-    worker threads queued on the model lock could fill.) Await :meth:`flush` before anything
-    that must follow the tokens. A handler that raises (``raise_error``) ends the answers at
-    their next token, and :meth:`flush` re-raises its error."""
+        async def aanswer(question: str, config: RunnableConfig) -> tuple[str, dict[str, Any]]:
+            out = await chain.ainvoke({"question": question}, config)
+            return tool_content(out), out
 
-    def __init__(self, configs: list[RunnableConfig]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._configs = configs
-        self._last: asyncio.Task[None] | None = None
-        self._stopped = False
-
-    def __call__(self, row: int, text: str) -> None:
-        if self._stopped:  # the call was cancelled: end the answer in the worker thread
-            raise GenerationStopped("the caller stopped waiting for this answer")
-        self._loop.call_soon_threadsafe(self._queue, row, text)  # runs in call order
-
-    def stop(self) -> None:
-        """End the answer at its next token (the call was cancelled or its stream closed); tokens
-        queued but not yet dispatched are dropped."""
-        self._stopped = True
-
-    def _queue(self, row: int, text: str) -> None:
-        self._last = self._loop.create_task(self._send(self._last, row, text))
-
-    async def _send(self, before: asyncio.Task[None] | None, row: int, text: str) -> None:
-        if before is not None:
-            await before
-        if self._stopped:  # no token reaches a callback after its call has ended
-            return
-        try:
-            await adispatch(TOKEN_EVENT, {"text": text}, self._configs[row])
-        except BaseException:
-            self._stopped = True  # a handler raised: end the answers now (flush re-raises)
-            raise
-
-    async def flush(self) -> None:
-        """Wait until every token queued so far has been dispatched (re-raising its error)."""
-        await asyncio.sleep(0)  # let queue callbacks that are already due create their tasks
-        if self._last is not None:
-            await self._last
+        return StructuredTool.from_function(
+            func=answer,
+            coroutine=aanswer,
+            name=name or "latentrag",
+            description=description or TOOL_DESCRIPTION,
+            args_schema=args_schema or LatentRAGChainInput,
+            response_format="content_and_artifact",
+        )

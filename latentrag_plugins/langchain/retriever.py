@@ -15,21 +15,14 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever, LangSmithRetrieverParams
+from langchain_core.runnables import RunnableConfig
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..live import check_question, resolve_model
 from ..model import LatentRAG
-from ._loop import (
-    LoopOptions,
-    aconsume,
-    adrive,
-    collect_documents,
-    consume,
-    drive,
-)
+from ._run import Run
 from ._store_adapter import StoreSearcher, check_store, store_embeddings
-from .events import adispatch, dispatch
 
 _OVERRIDES = ("k", "top_k", "max_steps", "decode")
 
@@ -52,6 +45,9 @@ class LatentRAGRetriever(BaseRetriever):
     ``decode=True`` every step's thought and subquery are decoded as the loop goes and dispatched
     as ``latentrag_thought`` just before its ``latentrag_step`` (see
     :mod:`latentrag_plugins.langchain.events`).
+
+    Calls from any number of threads or tasks run on the model's engine (``model.engine``):
+    concurrent calls share forward passes; a call waiting for the store holds up no other.
 
     ``invoke(question, k=..., top_k=..., max_steps=..., decode=...)`` overrides those fields for
     one call; other keyword arguments go to the store's search, as ``search_kwargs`` do.
@@ -110,9 +106,9 @@ class LatentRAGRetriever(BaseRetriever):
             params["ls_embedding_provider"] = type(emb).__name__
         return params
 
-    def _prepare(
-        self, query: str, kwargs: dict[str, Any]
-    ) -> tuple[int, LoopOptions, StoreSearcher]:
+    def _start(
+        self, query: str, kwargs: dict[str, Any], config: RunnableConfig
+    ) -> tuple[int, dict[str, Any], Run]:
         check_question(query, type(self).__name__)
         if not self._dim_checked:
             self._dim_checked = check_store(self.vectorstore, self.model)
@@ -120,30 +116,27 @@ class LatentRAGRetriever(BaseRetriever):
         k, top_k, max_steps = int(opts["k"]), int(opts["top_k"]), int(opts["max_steps"])
         if min(k, top_k, max_steps) < 1:
             raise ValueError("k, top_k and max_steps must be >= 1")
-        loop = LoopOptions(
-            top_k=top_k, max_steps=max_steps, min_steps=1, decode=bool(opts["decode"]),
-            generate_answer=False,
+        decode = bool(opts["decode"])
+        options = dict(
+            top_k=top_k, max_steps=max_steps, min_steps=1, decode=decode,
+            generate_answer=False, final_thought=decode,
         )  # fmt: skip
-        return k, loop, StoreSearcher(self.vectorstore, {**self.search_kwargs, **kwargs})
+        searcher = StoreSearcher(self.vectorstore, {**self.search_kwargs, **kwargs})
+        return k, options, Run(searcher, config)
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k, opts, searcher = self._prepare(query, kwargs)
-        config = {"callbacks": run_manager.get_child()}
-        out = consume(
-            drive(self.model, [query], searcher, opts),
-            lambda _row, name, data: dispatch(name, data, config),
+        k, options, run = self._start(query, kwargs, {"callbacks": run_manager.get_child()})
+        result = self.model.engine.submit(query, run.search, **options).result(
+            on_event=run.dispatch
         )
-        return collect_documents(out.results[0], out.hits[0], decode=opts.decode)[:k]
+        return run.documents(result, decode=options["decode"])[:k]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k, opts, searcher = self._prepare(query, kwargs)
-        config = {"callbacks": run_manager.get_child()}
-        out = await aconsume(
-            adrive(self.model, [query], searcher, opts),
-            lambda _row, name, data: adispatch(name, data, config),
-        )
-        return collect_documents(out.results[0], out.hits[0], decode=opts.decode)[:k]
+        k, options, run = self._start(query, kwargs, {"callbacks": run_manager.get_child()})
+        handle = self.model.engine.submit(query, run.asearch, **options)
+        result = await handle.aresult(on_event=run.adispatch)
+        return run.documents(result, decode=options["decode"])[:k]
