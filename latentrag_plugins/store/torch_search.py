@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-RESCORE_MARGIN = 16  # extra candidates kept before re-scoring low-precision products
+RESCORE_MARGIN = 48  # extra candidates kept before re-scoring low-precision products
 CPU_SCORE_BYTES = 32 << 20  # score matrix per chunk on the CPU
 GPU_SCORE_BYTES = 512 << 20  # score matrix per chunk on a GPU
 
