@@ -252,8 +252,11 @@ def test_store_batch_equals_plain_faiss(faiss, monkeypatch, b) -> None:
 
 
 def test_store_defaults_on_a_cpu_machine(faiss, monkeypatch) -> None:
+    from latentrag_plugins.store import BatchVectorStore
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     store, _ = make_store(50)
+    assert isinstance(store, BatchVectorStore)
     assert store.search_device == torch.device("cpu")
     assert repr(store).endswith("n=50, cpu)")
     assert store.to("cpu") is store and store.search_device.type == "cpu"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Encoder, VectorStore, check_compatible
+from .base import BatchVectorStore, Encoder, VectorStore, check_compatible
 
-__all__ = ["Encoder", "VectorStore", "check_compatible", "FaissStore", "TorchSearch"]
+__all__ = [
+    "BatchVectorStore",
+    "Encoder",
+    "VectorStore",
+    "check_compatible",
+    "FaissStore",
+    "TorchSearch",
+]
 
 
 def __getattr__(name: str):  # lazy: faiss is optional

@@ -33,6 +33,18 @@ class VectorStore(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchVectorStore(VectorStore, Protocol):
+    """A store that also searches many queries in one call (the library uses it when present).
+
+    ``search_batch`` must return what one ``search`` per row would, and should cost less.
+    """
+
+    def search_batch(self, embeddings: np.ndarray, k: int) -> list[list[RetrievedDoc]]:
+        """Return the top-``k`` documents for each row of ``embeddings`` (B, dim) float32."""
+        ...
+
+
 def check_compatible(store: object, encoder_id: str, dim: int) -> None:
     """Raise if ``store`` declares an encoder id or dimension other than the given ones.
 
