@@ -363,7 +363,7 @@ def test_search_bench_reports_every_path() -> None:
     threads = torch.get_num_threads()
     out = search_bench(2000, 16, (1, 5), k=3, device="cpu", threads=1, repeats=2)
     assert torch.get_num_threads() == threads  # restored
-    assert out["threads"] == 1 and out["gpu_device"] is None
+    assert out["threads"] == 1 and out["gpu_device"] is None and out["gpu_copy_ms"] is None
     paths = {"torch_cpu"} | ({"faiss_batch", "faiss_singles", "store"} if _has_faiss() else set())
     assert set(out["timings_ms"]) == paths
     assert all(set(v) == {"1", "5"} and min(v.values()) > 0 for v in out["timings_ms"].values())

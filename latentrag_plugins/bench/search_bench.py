@@ -67,7 +67,8 @@ def search_bench(
 
     Returns:
         A JSON-able dict: ``n``, ``dim``, ``k``, ``batch_sizes``, ``repeats``, ``threads`` (torch's
-        during the run), ``gpu_device`` (None without one), ``gpu_dtype``, ``store_device``,
+        during the run), ``gpu_device`` (None without one), ``gpu_dtype``, ``gpu_copy_ms`` (the
+        time to copy the vectors there), ``store_device``,
         ``machine`` (CPU, GPU, versions), ``timings_ms`` (path -> batch size as a string -> median
         milliseconds per call), ``best_ms`` (the same, fastest call: less noisy on a busy
         machine), ``reference`` (``"faiss"`` or ``"torch_cpu"``) and ``agreement``
@@ -117,7 +118,9 @@ def _run(
         paths["store"] = lambda q: store.search_batch(q, k)
     cpu = TorchSearch(vectors)
     paths["torch_cpu"] = lambda q: cpu.search(q, k)
+    start = time.perf_counter()
     gpu = place_search(vectors, device, dtype, name="search_bench") if device != "cpu" else None
+    copy_ms = (time.perf_counter() - start) * 1e3
     if gpu is not None and gpu.device.type != "cpu":
         paths["torch_gpu"] = lambda q: gpu.search(q, k)
     else:
@@ -148,6 +151,7 @@ def _run(
         "threads": torch.get_num_threads(),
         "gpu_device": str(gpu.device) if gpu is not None else None,
         "gpu_dtype": str(gpu.dtype).removeprefix("torch.") if gpu is not None else None,
+        "gpu_copy_ms": round(copy_ms, 1) if gpu is not None else None,
         "store_device": str(store.search_device) if store is not None else None,
         "machine": machine_info(gpu.device if gpu is not None else "cpu"),
         "timings_ms": _summary(times, np.median),
