@@ -17,8 +17,3 @@ class StoreError(LatentRAGError):
 
 class EncoderMismatchError(StoreError):
     """A store was built with another encoder or dimension than the model's document tower."""
-
-
-class GenerationStopped(LatentRAGError):
-    """Raised in the worker thread to end an answer nobody is waiting for any more (a cancelled
-    async call or a closed stream); the caller never sees it."""

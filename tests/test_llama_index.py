@@ -40,11 +40,7 @@ from llama_index.core.tools import QueryEngineTool, ToolSelection  # noqa: E402
 from llama_index.core.vector_stores.simple import SimpleVectorStore  # noqa: E402
 from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step  # noqa: E402
 
-from latentrag_plugins.errors import (  # noqa: E402
-    EncoderMismatchError,
-    GenerationStopped,
-    StoreError,
-)
+from latentrag_plugins.errors import EncoderMismatchError, StoreError  # noqa: E402
 from latentrag_plugins.llama_index import (  # noqa: E402
     LatentRAGEmbedding,
     LatentRAGQueryEngine,
@@ -218,7 +214,7 @@ def test_retriever_steps_union_and_metadata(lmodel, nodes, embed, index, store):
     steps = [n.node.metadata["latentrag_step"] for n in everything]
     assert steps == sorted(steps) and steps[0] == 0
     # Step 0 searches with the latent embedding through the index's own retriever.
-    latent = retriever._driver.vector_retriever
+    latent = retriever.searcher.vector_retriever
     assert latent.similarity_top_k == 3
 
 
@@ -395,18 +391,30 @@ def test_query_engine_response_streaming_and_async(lmodel, index, collect):
     assert spans == {"LatentRAGQueryEngine._query", "LatentRAGQueryEngine._aquery"}
 
 
-def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
+def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[int]]:
+    """Make the engine generate an answer token every ``seconds``; the returned dict fills with
+    the tokens each request generated, in request order."""
+    from latentrag_plugins.engine.answer_text import AnswerText
+
+    add, written = AnswerText.add, {}
+
+    def paced(self: Any, token: int) -> None:
+        time.sleep(seconds)
+        add(self, token)
+        written.setdefault(self, []).append(token)
+
+    monkeypatch.setattr(AnswerText, "add", paced)
+    return written
+
+
+def test_abandoned_async_stream_stops_its_request(lmodel, index, monkeypatch):
     """Cancelling an async streaming query before its answer starts cancels its store search in
-    progress, and closing its stream early ends the answer at its next token: the worker thread
-    stops instead of going on and on, holding the model lock."""
-    from llama_index.core.schema import QueryBundle
+    progress; closing its stream after the first piece ends the answer at the next token."""
+    import copy
 
-    engine = LatentRAGQueryEngine(model=lmodel, index=index, streaming=True)
-    emit: dict[str, Any] = {}
+    model = copy.deepcopy(lmodel)  # its own engine
+    engine = LatentRAGQueryEngine(model=model, index=index, streaming=True)
     outcome: list[str] = []
-
-    def plan(*args: Any, on_token: Any, **kwargs: Any) -> None:
-        emit["token"] = on_token
 
     async def hang(bundle: Any) -> None:
         try:
@@ -415,43 +423,47 @@ def test_abandoned_async_stream_stops_its_loop(lmodel, index, monkeypatch):
             outcome.append("search cancelled")
             raise
 
-    def run_plan(plan: Any, search: Any, answer: bool) -> None:
+    async def cancel_while_searching() -> None:
+        real = engine.retriever.searcher.vector_retriever.aretrieve
+        engine.retriever.searcher.vector_retriever.aretrieve = hang
         try:
-            if not answer:
-                search(QueryBundle(Q))
-            while True:  # an answer that would never end
-                emit["token"](0, "Warsaw")
-                time.sleep(0.01)
-        except GenerationStopped:
-            outcome.append("answer stopped")
-        except BaseException:
-            outcome.append("search failed")
-            raise
-
-    async def main(answer: bool) -> None:
-        monkeypatch.setattr(engine._driver, "run_plan", lambda p, s: run_plan(p, s, answer))
-        if answer:
-            stream = (await engine.aquery(Q)).async_response_gen()
-            assert await anext(stream) == "Warsaw"
-            await stream.aclose()
-        else:
             task = asyncio.create_task(engine.aquery(Q))
-            await asyncio.sleep(0.05)
+            for _ in range(1000):
+                if model.engine._searching:
+                    break
+                await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        for _ in range(100):
-            if len(outcome) == 1 + (not answer):
-                break
-            await asyncio.sleep(0.01)
+            for _ in range(100):
+                if outcome:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            engine.retriever.searcher.vector_retriever.aretrieve = real
 
-    monkeypatch.setattr(engine._driver, "plan", plan)
-    monkeypatch.setattr(engine._driver.vector_retriever, "aretrieve", hang)
-    asyncio.run(main(answer=False))
-    assert sorted(outcome) == ["search cancelled", "search failed"]  # in either order
-    outcome.clear()
-    asyncio.run(main(answer=True))
-    assert outcome == ["answer stopped"]
+    asyncio.run(cancel_while_searching())
+    assert outcome == ["search cancelled"]
+    written = _pace_tokens(monkeypatch, 0.05)
+
+    async def close_after_first_piece() -> None:
+        stream = (await engine.aquery(Q)).async_response_gen()
+        assert await anext(stream)
+        await stream.aclose()
+
+    asyncio.run(close_after_first_piece())
+    _wait_idle(model)
+    (tokens,) = written.values()
+    assert 1 <= len(tokens) <= 3 < model.config.max_answer_tokens
+
+
+def _wait_idle(model: Any) -> None:
+    """Wait until the model's engine holds no request (a cancelled one leaves at its next pass)."""
+    for _ in range(500):
+        if model.engine.load == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError("a cancelled request is still in the engine")
 
 
 def test_an_async_stream_reads_without_its_event_loop(lmodel, index):
@@ -494,79 +506,47 @@ def _finishes_within(fn: Any, seconds: float = 60) -> Any:
 
 
 def test_cancelled_async_query_ends_its_answer(lmodel, index, monkeypatch):
-    """Cancelling a non-streaming ``aquery`` while it answers ends the answer at the worker
-    thread's next token, instead of writing it on under the model lock. Tokens are paced at
-    50 ms, so the count does not hang on a busy machine's event loop."""
+    """Cancelling a non-streaming ``aquery`` while it answers ends the answer at the engine's
+    next token, instead of writing it on. Tokens are paced at 50 ms, so the count does not hang
+    on a busy machine's event loop."""
     import copy
 
-    from latentrag_plugins.llama_index import query_engine as engine_module
-
-    model = copy.deepcopy(lmodel)  # its own lock
+    model = copy.deepcopy(lmodel)  # its own engine
     engine = LatentRAGQueryEngine(model=model, index=index)
     full = engine.query(Q).metadata["output_tokens"]
-    stoppable, written = engine_module._stoppable, []
-    first = threading.Event()
+    written = _pace_tokens(monkeypatch, 0.05)
 
-    def paced(put: Any, stopped: threading.Event) -> Any:
-        inner = stoppable(put, stopped)
-
-        def on_token(row: int, text: str) -> None:
-            time.sleep(0.05)
-            inner(row, text)
-            written.append(text)
-            first.set()
-
-        return on_token
-
-    monkeypatch.setattr(engine_module, "_stoppable", paced)
-
-    async def main() -> int:
+    async def main() -> None:
         task = asyncio.create_task(engine.aquery(Q))
         for _ in range(2000):  # up to 10 s
-            if first.is_set():
+            if written:
                 break
             await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await engine.aquery(Q)  # waits for the model lock: the cancelled answer has ended
-        return len(written) - full
 
+    asyncio.run(main())
+    _wait_idle(model)
+    (tokens,) = written.values()
     assert full == model.config.max_answer_tokens
-    assert 1 <= asyncio.run(main()) <= 3 < full
+    assert 1 <= len(tokens) <= 3 < full
 
 
 def test_closed_sync_stream_ends_its_answer(lmodel, index, monkeypatch):
-    """Closing a streaming query's token generator early makes the worker thread's next answer
-    token end the answer, instead of generating on under the model lock."""
-    engine = LatentRAGQueryEngine(model=lmodel, index=index, streaming=True)
-    plans: dict[str, Any] = {}
-    closed, outcome = threading.Event(), []
+    """Closing a streaming query's text generator early ends the answer at the engine's next
+    token, instead of generating on."""
+    import copy
 
-    def plan(*args: Any, on_token: Any, **kwargs: Any) -> Any:
-        plans["emit"] = on_token
-
-    def run_plan(plan: Any, search: Any = None) -> None:
-        plans["emit"](0, "Warsaw")
-        closed.wait(10)
-        try:
-            plans["emit"](0, " more")
-            outcome.append("generated on")
-        except GenerationStopped:
-            outcome.append("stopped")
-            raise
-
-    monkeypatch.setattr(engine._driver, "plan", plan)
-    monkeypatch.setattr(engine._driver, "run_plan", run_plan)
+    model = copy.deepcopy(lmodel)  # its own engine
+    engine = LatentRAGQueryEngine(model=model, index=index, streaming=True)
+    written = _pace_tokens(monkeypatch, 0.05)
     gen = engine.query(Q).response_gen
-    assert next(gen) == "Warsaw"
+    assert next(gen)
     gen.close()
-    closed.set()
-    for _ in range(100):
-        if outcome:
-            break
-        time.sleep(0.02)
-    assert outcome == ["stopped"]
+    _wait_idle(model)
+    (tokens,) = written.values()
+    assert 1 <= len(tokens) <= 3 < model.config.max_answer_tokens
 
 
 # ---------------------------------------------------------------------------------- agents
@@ -660,7 +640,7 @@ def test_engine_in_a_workflow_step(lmodel, index):
 def test_a_node_without_score_reports_none_not_zero():
     from llama_index.core.schema import NodeWithScore, TextNode
 
-    from latentrag_plugins.llama_index._driver import to_doc
+    from latentrag_plugins.llama_index._run import to_doc
     from latentrag_plugins.llama_index.query_engine import response_metadata
     from latentrag_plugins.results import LatentRAGResult, Step
 
@@ -706,3 +686,28 @@ def test_async_paths_search_the_store_asynchronously(lmodel, nodes, embed):
         got, resp, streamed = asyncio.run(main())
     assert got and resp.source_nodes and ticks > 50  # the event loop ran during the searches
     assert streamed.response == resp.response and streamed.source_nodes
+
+
+def test_async_over_a_store_without_an_async_client_searches_in_a_thread(
+    lmodel, nodes, embed, caplog
+):
+    """A Qdrant vector store made with only a sync client refuses async searches ("Async client
+    is not initialized!"): the async paths search it with its sync API in a worker thread."""
+    pytest.importorskip("llama_index.vector_stores.qdrant")
+    import uuid
+
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient
+
+    store = QdrantVectorStore(client=QdrantClient(location=":memory:"), collection_name="kb")
+    storage = StorageContext.from_defaults(vector_store=store)
+    points = [
+        n.model_copy(update={"id_": str(uuid.uuid5(uuid.NAMESPACE_URL, n.id_))}) for n in nodes
+    ]
+    idx = VectorStoreIndex(points, storage_context=storage, embed_model=embed)
+    with ForceActions(lmodel, "retrieve"):
+        sync = LatentRAGQueryEngine(model=lmodel, index=idx, max_steps=2).query(Q)
+        with caplog.at_level("WARNING"):
+            got = asyncio.run(LatentRAGQueryEngine(model=lmodel, index=idx, max_steps=2).aquery(Q))
+    assert got.response == sync.response and ids(got.source_nodes) == ids(sync.source_nodes)
+    assert "worker thread" in caplog.text

@@ -324,6 +324,7 @@ class Engine:
         del self._searching[id(req)]
         req.stages["retrieval"] += s * 1e3
         if isinstance(error, EndRequest):
+            req.found([], [])
             self._scheduler.remove(req)
             self._end(req, req.finish(), None)
             return

@@ -58,27 +58,42 @@ class RequestHandle:
         if self._end is None and self.on_cancel is not None:
             self.on_cancel()
 
-    def events(self, timeout: float | None = None) -> Iterator[Event]:
-        """The request's events as they come; ends when the request does. Closing it early
-        cancels the request.
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The request's next event, or None once it has ended.
 
         Raises:
-            The request's error (after its last event).
+            RequestCancelled: It was cancelled.
+            TimeoutError: Nothing came within ``timeout`` seconds.
+            The request's own error, once its events are read.
         """
-        ended = False
-        try:
-            while self._end is None:
-                item = self._channel.get(timeout)
-                if isinstance(item, _End):
-                    self._end = item
-                else:
-                    yield item
-            ended = True
-        finally:
-            if not ended:
-                self.cancel()
+        if self._end is None:
+            item = self._channel.get(timeout)
+            if not isinstance(item, _End):
+                return item
+            self._end = item
         if self._end.error is not None:
             raise self._end.error
+        return None
+
+    async def anext_event(self) -> Event | None:
+        """Async :meth:`next_event`; it may be awaited on any event loop."""
+        if self._end is None:
+            item = await self._channel.aget()
+            if not isinstance(item, _End):
+                return item
+            self._end = item
+        if self._end.error is not None:
+            raise self._end.error
+        return None
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """The request's events as they come; ends when the request does. Closing it early
+        cancels the request. Raises as :meth:`next_event` does."""
+        try:
+            while (event := self.next_event(timeout)) is not None:
+                yield event
+        finally:
+            self.cancel()  # a no-op once it has ended
 
     def __iter__(self) -> Iterator[Event]:
         return self.events()
@@ -86,20 +101,11 @@ class RequestHandle:
     async def aevents(self) -> AsyncIterator[Event]:
         """Async :meth:`events`; cancelling the reading task or closing early cancels the
         request."""
-        ended = False
         try:
-            while self._end is None:
-                item = await self._channel.aget()
-                if isinstance(item, _End):
-                    self._end = item
-                else:
-                    yield item
-            ended = True
+            while (event := await self.anext_event()) is not None:
+                yield event
         finally:
-            if not ended:
-                self.cancel()
-        if self._end.error is not None:
-            raise self._end.error
+            self.cancel()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.aevents()

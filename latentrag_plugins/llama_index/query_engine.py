@@ -3,16 +3,9 @@ with LatentRAG over a ``VectorStoreIndex``, optionally streaming the answer."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import concurrent.futures
-import contextlib
-import contextvars
 import math
 import os
-import queue
-import threading
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -30,9 +23,9 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
 
-from ..errors import GenerationStopped
+from ..engine import RequestHandle, StepEvent, TokenEvent
 from ..results import LatentRAGResult
-from ._driver import RunState
+from ._run import Run
 from .events import stream_events_to
 from .retriever import LatentRAGRetriever
 
@@ -49,7 +42,8 @@ TOOL_DESCRIPTION = (
 
 
 def response_metadata(result: LatentRAGResult) -> dict[str, Any]:
-    """``{"latent_steps", "timings_ms", "forward_passes", "input_tokens", "output_tokens"}``."""
+    """``{"latent_steps", "timings_ms", "forward_passes", "input_tokens", "output_tokens",
+    "batch_size"}``."""
     steps = [
         {
             "index": s.index,
@@ -68,23 +62,12 @@ def response_metadata(result: LatentRAGResult) -> dict[str, Any]:
         "forward_passes": result.forward_passes,
         "input_tokens": result.input_tokens,
         "output_tokens": result.output_tokens,
+        "batch_size": result.batch_size,
     }
 
 
-def _stream_piece(item: tuple[str, Any], metadata: dict[str, Any]) -> tuple[str | None, bool]:
-    """What a streaming worker's ``(kind, value)`` item yields, and whether the stream ends
-    with it (``done`` fills ``metadata``; ``error`` raises)."""
-    kind, value = item
-    if kind == "error":
-        raise value
-    if kind == "done":
-        metadata.update(response_metadata(value[0]))
-        return (EMPTY_RESPONSE if value[1].empty else None), True
-    return value, False
-
-
-def _answer(result: LatentRAGResult, state: RunState) -> str:
-    return EMPTY_RESPONSE if state.empty else result.answer
+def _is_answer_step(event: Any) -> bool:
+    return isinstance(event, StepEvent) and event.action == "answer"
 
 
 class LatentRAGQueryEngine(BaseQueryEngine):
@@ -95,12 +78,16 @@ class LatentRAGQueryEngine(BaseQueryEngine):
     metadata) and ``metadata`` holds ``latent_steps`` (action, node ids, scores and, with
     ``decode=True``, the decoded thought and subquery of each step), ``timings_ms`` and
     ``forward_passes``. With ``streaming=True``, ``query`` returns a ``StreamingResponse`` and
-    ``aquery`` an ``AsyncStreamingResponse`` whose generator yields answer tokens; their
+    ``aquery`` an ``AsyncStreamingResponse`` whose generator yields answer text; their
     ``source_nodes`` are complete when returned and ``metadata`` is filled when the stream ends.
 
     An empty index answers ``"Empty Response"`` with no source nodes (LlamaIndex's convention),
     after one latent step. Step and thought events come from the
     ``latentrag_plugins.llama_index.query_engine`` dispatcher, inside the query span.
+
+    Queries from any number of threads or tasks run on the model's engine (``model.engine``) and
+    share forward passes. Cancelling an ``aquery`` (or closing a stream early) ends its answer
+    at the next token.
 
     Args:
         model: A :class:`~latentrag_plugins.LatentRAG` or a checkpoint directory.
@@ -134,7 +121,6 @@ class LatentRAGQueryEngine(BaseQueryEngine):
             callback_manager=callback_manager,
             retriever_kwargs=retriever_kwargs,
         )
-        self._driver = self._retriever._driver
         self.streaming = streaming
         super().__init__(callback_manager=callback_manager)
 
@@ -154,6 +140,11 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         """Async :meth:`retrieve`."""
         return await self._retriever.aretrieve(query_bundle)
 
+    def _start(self, query_bundle: QueryBundle, asynchronous: bool) -> tuple[Run, RequestHandle]:
+        return self._retriever.start(
+            query_bundle.query_str, self, dispatcher, answer=True, asynchronous=asynchronous
+        )
+
     # ------------------------------------------------------------------------------ queries
     @dispatcher.span
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
@@ -161,17 +152,12 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         with self.callback_manager.event(
             CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
         ) as event:
+            run, handle = self._start(query_bundle, asynchronous=False)
             if self.streaming:
-                response: RESPONSE_TYPE = self._stream(query_bundle)
+                response: RESPONSE_TYPE = self._stream(run, handle)
             else:
-                plan = self._driver.plan(
-                    query_bundle.query_str,
-                    dispatcher,
-                    generate_answer=True,
-                    caller=type(self).__name__,
-                )
-                result, state = self._driver.run_plan(plan)
-                response = Response(_answer(result, state), state.nodes, response_metadata(result))
+                result = handle.result(on_event=run.emit)
+                response = Response(_answer(result, run), run.nodes, response_metadata(result))
             event.on_end(payload={EventPayload.RESPONSE: response})
         return response
 
@@ -181,130 +167,66 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         with self.callback_manager.event(
             CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
         ) as event:
+            run, handle = self._start(query_bundle, asynchronous=True)
             if self.streaming:
-                response: RESPONSE_TYPE = await self._astream(query_bundle)
+                response: RESPONSE_TYPE = await self._astream(run, handle)
             else:
-                stopped = threading.Event()  # cancelled: end the answer at its next token
-                plan = self._driver.plan(
-                    query_bundle.query_str,
-                    dispatcher,
-                    generate_answer=True,
-                    caller=type(self).__name__,
-                    on_token=_stoppable(lambda _text: None, stopped),
-                )
-                try:
-                    result, state = await self._driver.arun_plan(plan)
-                except asyncio.CancelledError:
-                    stopped.set()
-                    raise
-                response = Response(_answer(result, state), state.nodes, response_metadata(result))
+                result = await handle.aresult(on_event=run.emit)
+                response = Response(_answer(result, run), run.nodes, response_metadata(result))
             event.on_end(payload={EventPayload.RESPONSE: response})
         return response
 
-    def _stream(self, query_bundle: QueryBundle) -> StreamingResponse:
-        """Run the loop in a worker thread; return once the answer starts (all nodes known)."""
-        items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        stopped = threading.Event()
-        state = RunState()
-        plan = self._stream_plan(query_bundle, state, items.put, stopped)
-        self._start(plan, items.put)
-        first = items.get()
-        if first[0] == "error":
-            raise first[1]
+    def _stream(self, run: Run, handle: RequestHandle) -> StreamingResponse:
+        """Return once the answer starts (all nodes known); the generator yields its text."""
+        try:
+            while (event := handle.next_event()) is not None:
+                run.emit(event)
+                if _is_answer_step(event):
+                    break
+        except BaseException:
+            handle.cancel()
+            raise
         metadata: dict[str, Any] = {}
 
         def tokens() -> Generator[str, None, None]:
-            item = first
             try:
-                while True:
-                    piece, end = _stream_piece(item, metadata)
-                    if piece:
-                        yield piece
-                    if end:
-                        return
-                    item = items.get()
-            finally:  # closed early: end the answer at its next token
-                stopped.set()
+                while (event := handle.next_event()) is not None:
+                    if isinstance(event, TokenEvent):
+                        yield event.text
+            finally:  # closed early: the request ends at its next token
+                handle.cancel()
+            result = handle.result()
+            metadata.update(response_metadata(result))
+            if run.empty:
+                yield EMPTY_RESPONSE
 
-        return StreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
+        return StreamingResponse(tokens(), source_nodes=run.nodes, metadata=metadata)
 
-    async def _astream(self, query_bundle: QueryBundle) -> AsyncStreamingResponse:
-        """Run the loop in a worker thread that searches the store with its async API on this
-        event loop; return once the answer starts (all nodes known). The answer's tokens need no
-        event loop, so the response reads on any (LlamaIndex's ``str()`` of it reads on a new one
-        in another thread while this one waits)."""
-        loop = asyncio.get_running_loop()
-        items = _Handoff()
-        stopped = threading.Event()
-        searching: list[concurrent.futures.Future[list[NodeWithScore]]] = []
-
-        def search(bundle: QueryBundle) -> list[NodeWithScore]:
-            if stopped.is_set():
-                raise GenerationStopped("the caller stopped waiting for this answer")
-            aretrieve = self._driver.vector_retriever.aretrieve(bundle)
-            searching[:] = [asyncio.run_coroutine_threadsafe(aretrieve, loop)]
-            if stopped.is_set():  # cancelled meanwhile, perhaps before the search was listed
-                searching[0].cancel()
-            return searching[0].result()
-
-        state = RunState()
-        self._start(self._stream_plan(query_bundle, state, items.put, stopped), items.put, search)
+    async def _astream(self, run: Run, handle: RequestHandle) -> AsyncStreamingResponse:
+        """Return once the answer starts (all nodes known). The answer's text reads on any event
+        loop (LlamaIndex's ``str()`` of it reads on a new one in another thread)."""
         try:
-            first = await items.get()
-        except asyncio.CancelledError:  # the caller gave up: so does the loop, at its next search
-            stopped.set()  # or answer token
-            for pending in searching:
-                pending.cancel()
+            while (event := await handle.anext_event()) is not None:
+                run.emit(event)
+                if _is_answer_step(event):
+                    break
+        except BaseException:  # cancelled too: the request ends with the call
+            handle.cancel()
             raise
-        if first[0] == "error":
-            raise first[1]
         metadata: dict[str, Any] = {}
 
         async def tokens() -> AsyncGenerator[str, None]:
-            item = first
             try:
-                while True:
-                    piece, end = _stream_piece(item, metadata)
-                    if piece:
-                        yield piece
-                    if end:
-                        return
-                    item = await items.get()
-            finally:  # the consumer stopped early (closed, cancelled): end the answer at its
-                stopped.set()  # next token
+                while (event := await handle.anext_event()) is not None:
+                    if isinstance(event, TokenEvent):
+                        yield event.text
+            finally:  # closed or cancelled early: the request ends at its next token
+                handle.cancel()
+            metadata.update(response_metadata(await handle.aresult()))
+            if run.empty:
+                yield EMPTY_RESPONSE
 
-        return AsyncStreamingResponse(tokens(), source_nodes=state.nodes, metadata=metadata)
-
-    def _stream_plan(
-        self, query_bundle: QueryBundle, state: RunState, put: Any, stopped: threading.Event
-    ) -> Generator:
-        """The plan of a streamed answer: its tokens go to ``put`` as ``("token", text)``."""
-        return self._driver.plan(
-            query_bundle.query_str,
-            dispatcher,
-            generate_answer=True,
-            caller=type(self).__name__,
-            state=state,
-            on_token=_stoppable(lambda text: put(("token", text)), stopped),
-        )
-
-    def _start(
-        self,
-        plan: Generator,
-        put: Any,
-        search: Callable[[QueryBundle], list[NodeWithScore]] | None = None,
-    ) -> None:
-        """Run ``plan`` in a worker thread, inside the current span; its outcome goes to ``put``
-        as ``("done", (result, state))`` or ``("error", exception)``."""
-
-        def work() -> None:
-            try:
-                put(("done", self._driver.run_plan(plan, search)))
-            except BaseException as exc:  # handed to the consumer
-                put(("error", exc))
-
-        run = contextvars.copy_context().run  # keeps the query span for the events
-        threading.Thread(target=run, args=(work,), name="latentrag-stream", daemon=True).start()
+        return AsyncStreamingResponse(tokens(), source_nodes=run.nodes, metadata=metadata)
 
     # ------------------------------------------------------------------------------ agent tool
     def as_tool(
@@ -350,48 +272,5 @@ class LatentRAGQueryEngine(BaseQueryEngine):
         )
 
 
-def _stoppable(put: Any, stopped: threading.Event) -> Any:
-    """An ``on_token`` that hands each answer token to ``put`` from the worker thread, and ends
-    the answer there (:class:`GenerationStopped`) once ``stopped`` is set: nobody waits for it."""
-
-    def on_token(_row: int, text: str) -> None:
-        if stopped.is_set():
-            raise GenerationStopped("the caller stopped waiting for this answer")
-        put(text)
-
-    return on_token
-
-
-class _Handoff:
-    """A queue from worker threads to an async reader on whichever event loop reads it."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[tuple[str, Any]] = collections.deque()
-        self._lock = threading.Lock()
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-
-    def put(self, item: tuple[str, Any]) -> None:
-        """Add ``item`` (from any thread) and wake the reader, if one waits."""
-        with self._lock:
-            self._items.append(item)
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, woken = waiter
-            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody reads
-                loop.call_soon_threadsafe(_wake, woken)
-
-    async def get(self) -> tuple[str, Any]:
-        """The next item, waiting on the running event loop until there is one."""
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                loop = asyncio.get_running_loop()
-                woken = loop.create_future()
-                self._waiter = (loop, woken)
-            await woken
-
-
-def _wake(woken: asyncio.Future[None]) -> None:
-    if not woken.done():  # a reader cancelled meanwhile leaves a cancelled future
-        woken.set_result(None)
+def _answer(result: LatentRAGResult, run: Run) -> str:
+    return EMPTY_RESPONSE if run.empty else result.answer

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
-from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation import Dispatcher, get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ._driver import LatentDriver, RunState
+from ..engine import RequestHandle
+from ..live import check_question
+from ._run import IndexSearch, Run
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -35,6 +37,11 @@ class LatentRAGRetriever(BaseRetriever):
     Emits :class:`~latentrag_plugins.llama_index.events.LatentStepEvent` per step (and
     :class:`~latentrag_plugins.llama_index.events.LatentThoughtEvent` with ``decode=True``) from
     the ``latentrag_plugins.llama_index.retriever`` dispatcher, inside the ``_retrieve`` span.
+
+    Calls from any number of threads or tasks run on the model's engine (``model.engine``):
+    concurrent calls share forward passes; a call waiting for its store holds up no other. The
+    async path searches with the store's async API, or its sync one in a worker thread when the
+    store has none that works (a Qdrant store made with only a sync client, say).
 
     Args:
         model: A :class:`~latentrag_plugins.LatentRAG` or a checkpoint directory.
@@ -68,40 +75,55 @@ class LatentRAGRetriever(BaseRetriever):
     ) -> None:
         if similarity_top_k is not None and similarity_top_k < 1:
             raise ValueError("similarity_top_k must be >= 1")
-        self._driver = LatentDriver(
-            model,
-            index,
-            top_k=top_k,
-            max_steps=max_steps,
-            decode=decode,
-            retriever_kwargs=retriever_kwargs,
+        self.searcher = IndexSearch(
+            model, index, top_k=top_k, max_steps=max_steps, retriever_kwargs=retriever_kwargs
         )
+        self.decode = decode
         self.similarity_top_k = similarity_top_k
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @property
     def model(self) -> LatentRAG:
         """The LatentRAG model."""
-        return self._driver.model
+        return self.searcher.model
 
-    def _cut(self, state: RunState) -> list[NodeWithScore]:
-        nodes = state.nodes
+    def start(
+        self, question: str, caller: Any, events: Dispatcher, *, answer: bool, asynchronous: bool
+    ) -> tuple[Run, RequestHandle]:
+        """Send ``question`` to the model's engine; returns its :class:`Run` and handle (the
+        question is checked now; errors name ``caller``'s class). Events go to ``events``."""
+        check_question(question, type(caller).__name__)
+        run = Run(self.searcher, question, events)
+        handle = self.model.engine.submit(
+            question,
+            run.asearch if asynchronous else run.search,
+            top_k=self.searcher.top_k,
+            max_steps=self.searcher.max_steps,
+            min_steps=1,
+            decode=self.decode,
+            final_thought=self.decode,
+            generate_answer=answer,
+        )
+        return run, handle
+
+    def _cut(self, run: Run) -> list[NodeWithScore]:
+        nodes = run.nodes
         return nodes if self.similarity_top_k is None else nodes[: self.similarity_top_k]
 
     @dispatcher.span
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Run the latent steps (no answer) and return their nodes."""
-        plan = self._driver.plan(
-            query_bundle.query_str, dispatcher, generate_answer=False, caller=type(self).__name__
+        run, handle = self.start(
+            query_bundle.query_str, self, dispatcher, answer=False, asynchronous=False
         )
-        _, state = self._driver.run_plan(plan)
-        return self._cut(state)
+        handle.result(on_event=run.emit)
+        return self._cut(run)
 
     @dispatcher.span
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """Async :meth:`_retrieve`: the index retriever's ``aretrieve``, model work in a thread."""
-        plan = self._driver.plan(
-            query_bundle.query_str, dispatcher, generate_answer=False, caller=type(self).__name__
+        """Async :meth:`_retrieve`: the index retriever's ``aretrieve``."""
+        run, handle = self.start(
+            query_bundle.query_str, self, dispatcher, answer=False, asynchronous=True
         )
-        _, state = await self._driver.arun_plan(plan)
-        return self._cut(state)
+        await handle.aresult(on_event=run.emit)
+        return self._cut(run)
