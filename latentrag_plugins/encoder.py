@@ -241,17 +241,30 @@ class EncoderTower(nn.Module):
         batch_size: int = 64,
         show_progress: bool = False,
     ) -> np.ndarray:
-        """Embed texts -> float32 array ``(len(texts), dim)``; queries get the instruction prefix."""
+        """Embed texts -> float32 array ``(len(texts), dim)``; queries get the instruction prefix.
+
+        Texts are embedded ``batch_size`` at a time, longest first, so that each batch holds
+        texts of about the same length and pads little; rows come back in the input order.
+        """
         if is_query and self.query_instruction:
             texts = [f"{self.query_instruction}{t}" for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = self._longest_first(texts) if len(texts) > batch_size else np.arange(len(texts))
         bar = tqdm(total=len(texts), desc="embedding", unit="doc", disable=not show_progress)
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[i : i + batch_size])
-            out[i : i + batch_size] = self.forward_ids(**enc).cpu().numpy()
-            bar.update(min(batch_size, len(texts) - i))
+            rows = order[i : i + batch_size]
+            enc = self.tokenize([texts[j] for j in rows])
+            out[rows] = self.forward_ids(**enc).cpu().numpy()
+            bar.update(len(rows))
         bar.close()
         return out
+
+    def _longest_first(self, texts: list[str]) -> np.ndarray:
+        """Indices of ``texts`` by token count (truncated at ``max_length``), longest first."""
+        lengths = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, return_length=True
+        )["length"]
+        return np.argsort(-np.asarray(lengths), kind="stable")
 
     def embed_documents(
         self, texts: list[str], *, batch_size: int = 64, show_progress: bool = False

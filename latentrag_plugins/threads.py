@@ -128,5 +128,21 @@ def using(n: int | None) -> Iterator[None]:
 
 def build_threads() -> int:
     """Intra-op threads for batched, throughput-bound work such as embedding a corpus: the
-    user's choice, else every usable CPU (large matrix products, few waits per operator)."""
-    return user_threads() or available_cpus()
+    user's choice, else every usable CPU, except on a small machine that is already busy (a
+    1-minute load average of 1 or more), where one thread is faster: waiting at every operator
+    for a descheduled sibling costs more than a second thread gains (``docs/usage.md``)."""
+    chosen = user_threads()
+    if chosen is not None:
+        return chosen
+    cpus = available_cpus()
+    if cpus <= SMALL_MACHINE_CPUS and _load_average() >= 1.0:
+        return 1
+    return cpus
+
+
+def _load_average() -> float:
+    """The 1-minute load average (0 where the system does not tell)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0

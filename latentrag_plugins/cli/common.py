@@ -98,8 +98,12 @@ def dtype_kwargs(name: str | None) -> dict[str, Any]:
 def load_model(
     path: str, device: str | None = None, dtype: str | None = None, trust: bool = False
 ) -> Any:
-    """Load a LatentRAG checkpoint."""
+    """Load a LatentRAG checkpoint, with the library's default thread count in this thread
+    (:func:`latentrag_plugins.threads.apply_default`: one on a machine with 2 CPUs)."""
+    from .. import threads
     from ..model import LatentRAG
+
+    threads.apply_default()
 
     return LatentRAG.from_pretrained(
         path, device=device, trust_remote_code=trust, **dtype_kwargs(dtype)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import threads
 from ..errors import StoreError
 
 UNUSED_DAYS = 30  # a cached index unused this long is deleted when another one is built
@@ -19,6 +20,8 @@ _ENTRY = re.compile(r"index-[0-9a-f]{16}-[0-9a-f]{12}")  # a cached index's name
 _TRASH = re.compile(r"\.trash-index-[0-9a-f]{16}-[0-9a-f]{12}-\d+")  # an interrupted delete
 _PARTIAL = re.compile(r"\.index-[0-9a-f]{16}-[0-9a-f]{12}\.[^/]+")  # an interrupted build
 PARTIAL_DAYS = 1  # a build's scratch directory this old was left by a build that stopped
+BATCH = 128  # texts per pass when embedding (length-sorted batches; docs/usage.md)
+BUILD_TIME = "the demo corpus takes about a minute on 2 CPU cores"  # measured: docs/usage.md
 
 
 def cache_dir() -> Path:
@@ -49,14 +52,14 @@ def cached_index(model: Any, corpus: str | os.PathLike[str]) -> Any:
         except StoreError:
             pass  # a corrupt cache: rebuild it
     print(  # once per corpus and tower; without a terminal no progress bar shows it
-        f"building the index of {Path(corpus).name} once (cached in {path}; the demo corpus "
-        "takes under a minute on 2 CPU cores)",
+        f"building the index of {Path(corpus).name} once (cached in {path}; {BUILD_TIME})",
         file=sys.stderr,
         flush=True,
     )
-    store = FaissStore.build(
-        model, iter_corpus(corpus), batch_size=128, show_progress=sys.stderr.isatty()
-    )
+    with threads.using(threads.build_threads()):
+        store = FaissStore.build(
+            model, iter_corpus(corpus), batch_size=BATCH, show_progress=sys.stderr.isatty()
+        )
     store.save(path)
     _prune(keep=path)
     return store
