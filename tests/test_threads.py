@@ -98,3 +98,15 @@ def test_using_restores_the_count(restore_threads):
     assert torch.get_num_threads() == 1
     with threads.using(None):
         assert torch.get_num_threads() == 1
+
+
+def test_builds_use_every_cpu_unless_a_small_machine_is_busy(machine, monkeypatch):
+    machine(2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    assert threads.build_threads() == 2
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.5, 2.0, 1.0))
+    assert threads.build_threads() == 1
+    machine(8)
+    assert threads.build_threads() == 8
+    monkeypatch.setenv(threads.ENV, "2")
+    assert threads.build_threads() == 2
