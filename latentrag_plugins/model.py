@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -238,6 +239,27 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         if self.query_tower is None:
             return torch.nn.functional.normalize(x.float().mean(1), dim=-1)  # (B, dim)
         return self.query_tower.forward_embeds(x)  # (B, dim)
+
+    def embed_query(self, text: str, *, latent: bool = False) -> np.ndarray:
+        """Embed one query -> ``(dim,)`` float32, L2-normalised, in the document tower's space.
+
+        Args:
+            text: The query (with ``latent``: a non-empty question).
+            latent: Embed it with one latent step: one LLM pass over the question prompt and
+                the thought and query slots, then ``Proj_ret`` and the query tower (the
+                embedding the loop searches with at step 0). False: the frozen document tower
+                on the text.
+        """
+        return self.embed_queries([text], latent=latent)[0]
+
+    def embed_queries(
+        self, texts: Sequence[str], *, latent: bool = False, batch_size: int = 32
+    ) -> np.ndarray:
+        """Embed many queries -> ``(len(texts), dim)`` float32, ``batch_size`` per forward pass;
+        ``latent`` as in :meth:`embed_query`."""
+        from .latent_queries import embed_queries
+
+        return embed_queries(self, texts, latent=latent, batch_size=batch_size)
 
     # ------------------------------------------------------------------------------ inference
     def run(
