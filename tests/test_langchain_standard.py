@@ -112,3 +112,25 @@ class TestEmbeddingsIntegration(EmbeddingsIntegrationTests):
     @property
     def embedding_model_params(self) -> dict[str, Any]:
         return {"model": _STATE["model"]}
+
+
+class TestLatentQueryEmbeddingsUnit(EmbeddingsUnitTests):
+    """The same suites with queries embedded by one latent step."""
+
+    @property
+    def embeddings_class(self) -> type[LatentRAGEmbeddings]:
+        return LatentRAGEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model": _STATE["model"], "latent_queries": True}
+
+
+class TestLatentQueryEmbeddingsIntegration(EmbeddingsIntegrationTests):
+    @property
+    def embeddings_class(self) -> type[LatentRAGEmbeddings]:
+        return LatentRAGEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, Any]:
+        return {"model": _STATE["model"], "latent_queries": True}
