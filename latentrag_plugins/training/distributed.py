@@ -89,7 +89,7 @@ def check_processes(acc: Any, cfg: TrainConfig) -> None:
     asked for DeepSpeed and runs without it."""
     from accelerate.utils import DistributedType
 
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    launched = int(os.environ.get("WORLD_SIZE") or acc.num_processes)  # set by the launchers
     if launched != acc.num_processes:
         hint = "" if torch.cuda.is_available() else " (on CPUs, set ACCELERATE_USE_CPU=true)"
         raise LatentRAGError(
