@@ -10,7 +10,7 @@ import torch
 from latentrag_plugins.baselines import search_r1 as sr1
 from latentrag_plugins.baselines.explicit import ExplicitAgent, is_explicit_checkpoint
 from latentrag_plugins.baselines.explicit_force import ExplicitForce
-from latentrag_plugins.baselines.explicit_loop import classify_turn
+from latentrag_plugins.baselines.explicit_requests import classify_turn
 from latentrag_plugins.baselines.naive import NaiveRAG
 from latentrag_plugins.results import RetrievedDoc
 

@@ -17,9 +17,10 @@ Checkpoint layout (the trainer's explicit SFT mode writes it too)::
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -40,11 +41,16 @@ from ..errors import CheckpointError
 from ..io_utils import atomic_path
 from ..precision import WideTwin
 from ..results import LatentRAGResult, RetrievedDoc
+from ..runtime import check_store
 from ..tokens import add_tag_tokens, encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
 from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig, is_explicit_checkpoint
 from .explicit_force import ExplicitForce
-from .explicit_loop import explicit_loop
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+_ENGINE_LOCK = threading.Lock()
 
 _LLM_DIR, _TOKENIZER_DIR, _RETRIEVER_DIR = "llm", "tokenizer", "retriever"
 # Entries an explicit agent checkpoint may hold (a save replaces a directory of only these).
@@ -94,6 +100,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         self._banned = sorted(self.specials - tag_ids - {self.eos_id})
         self._banned_set = set(self._banned)
         self._ban_cache: dict[torch.device, torch.Tensor] = {}
+        self._engine: Engine | None = None
 
     # ------------------------------------------------------------------------------ building
     @classmethod
@@ -294,9 +301,39 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         top_k: int | None = None,
         force: Sequence[ExplicitForce] | None = None,
     ) -> list[LatentRAGResult]:
-        """Answer several questions with shared forward passes; arguments as in :meth:`run`
-        (``force``: one plan per question). Timings are the batch's; counts are per question."""
-        return explicit_loop(self, questions, store, max_turns=max_turns, top_k=top_k, force=force)
+        """Answer several questions, sharing forward passes; arguments as in :meth:`run`
+        (``force``: one plan per question). The questions go to :attr:`engine` together, so
+        they share passes with each other and with any other caller's; each result's timings
+        and counts are its own."""
+        from ..engine import StoreSearch
+
+        check_store(store, self.encoder_id, self.dim)
+        handles = self.engine.submit_many(
+            list(questions), StoreSearch(store), max_turns=max_turns, top_k=top_k, force=force
+        )
+        try:
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                h.cancel()  # those still running, when one failed
+
+    @property
+    def engine(self) -> Engine:
+        """The :class:`~latentrag_plugins.engine.Engine` that runs this agent's requests, with
+        token-level continuous batching (created on first use)."""
+        with _ENGINE_LOCK:
+            if self._engine is None:
+                from ..engine import Engine
+                from .explicit_engine import ExplicitScheduler
+
+                self._engine = Engine(self, scheduler=ExplicitScheduler(self))
+            return self._engine
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The agent's state without its engine (a copy makes its own)."""
+        state = self.__dict__.copy()
+        state["_engine"] = None
+        return state
 
     # ------------------------------------------------------------------------------ save / load
     def save_pretrained(

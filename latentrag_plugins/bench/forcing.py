@@ -13,7 +13,7 @@ passes and the greedy picks are the library's own; the hooks only edit logits:
 - during latent decoding (one batched generation per step), EOS loses until each item's target
   length, then wins.
 
-The explicit agent has its own forcing mode (:class:`~latentrag_plugins.baselines.explicit_loop.
+The explicit agent has its own forcing mode (:class:`~latentrag_plugins.baselines.explicit_force.
 ExplicitForce`).
 """
 

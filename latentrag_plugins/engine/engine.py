@@ -18,15 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import LatentRAGError
-from ..runtime import check_questions
-from .answer_text import AnswerText
 from .config import EngineConfig
 from .handle import RequestCancelled, RequestHandle
-from .loop import question_prompt
-from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
+from .request import Phase, Request, SearchJob
 from .scheduler import LatentScheduler
 from .search import EndRequest, SearchQuery, event_loop_for
 
@@ -40,23 +37,64 @@ class EngineBusy(LatentRAGError):
     """The engine's queue is full: the request was refused before any work."""
 
 
+class Scheduler(Protocol):
+    """What an engine drives: one agent's requests and the rounds of passes that move them
+    (:class:`~.scheduler.LatentScheduler` for LatentRAG; the explicit agent has its own)."""
+
+    requests: list[Any]  # the requests in flight
+
+    def new_requests(
+        self,
+        questions: list[str],
+        options: dict[str, Any],
+        emits: list[Callable[..., None]],
+        searches: list[Any],
+        loops: list[Any],
+    ) -> list[Any]:
+        """Requests for ``questions`` (ValueError for bad input, before any is made)."""
+
+    def add(self, request: Any) -> None:
+        """Take a request in."""
+
+    def remove(self, request: Any) -> None:
+        """Drop a request and its cache."""
+
+    def runnable(self) -> bool:
+        """Whether some request is ready for a pass."""
+
+    def round(self) -> tuple[list[SearchJob], list[Any]]:
+        """Run one round of passes; returns the searches to run and the requests that ended."""
+
+    def deliver(self, request: Any, docs: list[Any]) -> None:
+        """Hand a request its search's documents."""
+
+    def end(self, request: Any) -> None:
+        """End a request at its search (``EndRequest``), with the result so far."""
+
+
 class Engine:
     """Runs the requests of one model with continuous batching.
 
     Args:
         model: The model.
         config: Its settings (default :class:`EngineConfig`); or pass them as keywords.
+        scheduler: What runs the model's passes (default: the LatentRAG loop's).
     """
 
     def __init__(
-        self, model: LatentRAG, config: EngineConfig | None = None, **settings: Any
+        self,
+        model: LatentRAG | Any,
+        config: EngineConfig | None = None,
+        *,
+        scheduler: Scheduler | None = None,
+        **settings: Any,
     ) -> None:
         self.model = model
         self.config = config or EngineConfig(**settings)
-        self._scheduler = LatentScheduler(model)
+        self._scheduler: Scheduler = scheduler or LatentScheduler(model)
         self._cond = threading.Condition()
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._waiting: collections.deque[LatentRequest] = collections.deque()
+        self._waiting: collections.deque[Request] = collections.deque()
         self._load = 0  # requests submitted and not ended
         self._handles: dict[int, RequestHandle] = {}
         self._searching: dict[int, concurrent.futures.Future[Any] | None] = {}
@@ -102,22 +140,17 @@ class Engine:
         """Send several questions at once (they start in the same pass); same arguments as
         :meth:`submit`, with one search function for all or one per question. All are checked
         before any is sent."""
-        opts = RequestOptions.resolve(self.model.config, **options)
         questions = list(questions)
         searches = list(search) if isinstance(search, Sequence) else [search] * len(questions)
         if len(searches) != len(questions):
             raise ValueError("pass one search function, or one per question")
-        check_questions(questions)
-        prompts = [question_prompt(self.model, q) for q in questions]
         loops = [event_loop_for(s, loop) for s in searches]
-        handles, requests = [], []
-        for q, prompt, fn, fn_loop in zip(questions, prompts, searches, loops):
-            handle = RequestHandle()
-            text = AnswerText(self.model.tokenizer, piece_sink(handle.send))
-            req = LatentRequest(prompt, q, opts, text, handle.send, fn, fn_loop)
+        handles = [RequestHandle() for _ in questions]
+        requests = self._scheduler.new_requests(
+            questions, options, [h.send for h in handles], searches, loops
+        )
+        for handle, req in zip(handles, requests):
             handle.on_cancel = functools.partial(self._post, "cancel", req)
-            handles.append(handle)
-            requests.append(req)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -205,7 +238,7 @@ class Engine:
         return bool(
             self.config.search_linger_ms
             and self._last_round & set(self._searching)
-            and any(r.phase is Phase.STEP for r in self._scheduler.requests)
+            and any(r.phase is Phase.FEED for r in self._scheduler.requests)
         )
 
     def _linger(self) -> list[tuple[Any, ...]]:
@@ -241,7 +274,7 @@ class Engine:
             self._scheduler.add(self._waiting.popleft())
 
     def _round(self) -> None:
-        running = [r for r in self._scheduler.requests if r.phase in (Phase.STEP, Phase.ANSWER)]
+        running = [r for r in self._scheduler.requests if r.phase in (Phase.FEED, Phase.GENERATE)]
         try:
             jobs, done = self._scheduler.round()
         except Exception as exc:  # a pass failed: its requests' state is unknown
@@ -249,7 +282,7 @@ class Engine:
                 self._drop(req, exc)
             return
         for req in done:
-            self._end(req, req.result, None)
+            self._end(req, req.result, req.error)
         self._last_round = {id(j.request) for j in jobs}
         self._dispatch(jobs)
 
@@ -324,9 +357,8 @@ class Engine:
         del self._searching[id(req)]
         req.stages["retrieval"] += s * 1e3
         if isinstance(error, EndRequest):
-            req.found([], [])
-            self._scheduler.remove(req)
-            self._end(req, req.finish(), None)
+            self._scheduler.end(req)
+            self._end(req, req.result, None)
             return
         try:
             if error is not None:
@@ -336,7 +368,7 @@ class Engine:
             self._drop(req, exc)
 
     # ------------------------------------------------------------------ ending requests
-    def _drop(self, req: LatentRequest, error: BaseException) -> None:
+    def _drop(self, req: Request, error: BaseException) -> None:
         """End a request that did not finish (cancelled or failed)."""
         if req in self._waiting:
             self._waiting.remove(req)
@@ -346,7 +378,7 @@ class Engine:
         self._scheduler.remove(req)
         self._end(req, None, error)
 
-    def _end(self, req: LatentRequest, result: Any, error: BaseException | None) -> None:
+    def _end(self, req: Request, result: Any, error: BaseException | None) -> None:
         handle = self._handles.pop(id(req), None)
         if handle is not None:
             with self._cond:

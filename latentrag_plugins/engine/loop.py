@@ -27,6 +27,7 @@ from ..errors import StoreError
 from ..results import LatentRAGResult, RetrievedDoc
 from ..runtime import check_questions, check_store, evaluating
 from .answer_text import AnswerText
+from .prompt import question_prompt
 from .request import LatentRequest, RequestOptions, SearchJob
 from .scheduler import LatentScheduler
 from .search import search_many
@@ -54,24 +55,6 @@ class SearchRequest:
     k: int
     latents: torch.Tensor | None = None
     thoughts: torch.Tensor | None = None
-
-
-def question_prompt(model: LatentRAG, question: str) -> list[int]:
-    """The token ids of ``question``'s prompt.
-
-    Raises:
-        ValueError: The prompt leaves no room for the latent slots and the answer within the
-            model's ``max_context_tokens``.
-    """
-    cfg = model.config
-    ids = model.prompts.question(question)
-    need = len(ids) + cfg.n_think + cfg.n_query + cfg.max_answer_tokens + 2
-    if need > cfg.max_context_tokens:
-        raise ValueError(
-            f"question is too long: it needs {need} tokens with the slots, over the "
-            f"max_context_tokens budget of {cfg.max_context_tokens}: {question[:60]!r}..."
-        )
-    return ids
 
 
 def _ignore(_event: Any) -> None:

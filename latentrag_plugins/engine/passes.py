@@ -28,7 +28,7 @@ from ..extractive import SpanConstraint, source_tokens
 from ..results import Step
 from ..tokens import special_ids
 from .request import LatentRequest, Phase, SearchJob
-from .rows import assemble, split
+from .rows import open_context, split
 
 if TYPE_CHECKING:
     from ..config import LatentRAGConfig
@@ -59,13 +59,12 @@ def plan_step(model: LatentRAG, req: LatentRequest, can_branch: bool) -> StepPla
     return StepPlan(prompts.think_slots() + tail, speculative, merged, branch)
 
 
-def open_context(model: LatentRAG, reqs: Sequence[LatentRequest], width: int) -> BatchedContext:
-    """A context holding ``reqs``' caches, in the dtype of a pass feeding ``width`` tokens."""
-    ctx = BatchedContext(model.llm, len(reqs), model.ids.pad, model.wide_llm)
-    return assemble(ctx, [r.kv for r in reqs], ctx.pass_dtype(width))
+def _context(model: LatentRAG, reqs: Sequence[LatentRequest], width: int) -> BatchedContext:
+    return open_context(model.llm, model.ids.pad, model.wide_llm, [r.kv for r in reqs], width)
 
 
-def _elapsed_ms(t0: float, device: torch.device) -> float:
+def elapsed_ms(t0: float, device: torch.device) -> float:
+    """Milliseconds since ``t0``, once the device's queued work is done."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) * 1e3
@@ -77,7 +76,7 @@ def step_pass(
     """Run one step of every request in ``reqs`` in one forward pass.
 
     Each request records its step (action, latents); one that retrieves moves to ``SEARCH``
-    (its job is returned), one that answers to ``ANSWER`` (or ``DONE`` without an answer).
+    (its job is returned), one that answers to ``GENERATE`` (``DONE`` without an answer).
     """
     cfg, ids = model.config, model.ids
     m, n = cfg.n_think, cfg.n_query
@@ -85,7 +84,7 @@ def step_pass(
     keep = max(len(p.slots) for p in plans)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        ctx = open_context(model, reqs, max(len(c) for c in chunks))
+        ctx = _context(model, reqs, max(len(c) for c in chunks))
         branches = [n if p.branch else 0 for p in plans]
         hidden = ctx.feed(chunks, branch=branches, keep=keep)  # (B, keep, d)
         at = [keep - len(p.slots) for p in plans]  # where each row's slots start
@@ -103,7 +102,7 @@ def step_pass(
         _drop_unused_slots(ctx, plans, retrieve, n)
         for r, kv in zip(reqs, split(ctx)):
             r.kv = kv
-    ms = _elapsed_ms(t0, model.device)
+    ms = elapsed_ms(t0, model.device)
     jobs, querying = [], [i for i, go in enumerate(retrieve) if go]
     for i, (r, chunk) in enumerate(zip(reqs, chunks)):
         r.took_part("prefill" if r.step == 0 else "reasoning", ms, len(reqs))
@@ -155,11 +154,11 @@ def _drop_unused_slots(
 
 
 def _start_answer(model: LatentRAG, req: LatentRequest, logits: torch.Tensor | None) -> None:
-    """Move an answering request to ``ANSWER`` (``DONE`` if it generates no answer)."""
+    """Move an answering request to ``GENERATE`` (``DONE`` if it generates no answer)."""
     if not req.options.generate_answer:
         req.phase = Phase.DONE
         return
-    req.phase = Phase.ANSWER
+    req.phase = Phase.GENERATE
     req.logits = logits  # None: <answer> is fed in its first token pass
     req.answer.read([d.text for d in req.docs] + [req.question])
     if model.config.extractive_answers:
@@ -173,7 +172,7 @@ def _search_jobs(model: LatentRAG, reqs: list[LatentRequest]) -> list[SearchJob]
     with torch.inference_mode():
         h_query = torch.stack([r.latents[-1]["query"] for r in reqs])  # (b, n, d)
         emb = model.latent_query_embedding(h_query).float().cpu().numpy()  # (b, dim)
-    ms = _elapsed_ms(t0, model.device)
+    ms = elapsed_ms(t0, model.device)
     jobs = []
     for r, e in zip(reqs, emb):
         r.stages["reasoning"] += ms
@@ -242,10 +241,10 @@ def _pick(model: LatentRAG, reqs: list[LatentRequest]) -> dict[int, int]:
 def _feed_tokens(model: LatentRAG, reqs: list[LatentRequest], chunks: list[list[int]]) -> None:
     t0 = time.perf_counter()
     with torch.inference_mode():
-        ctx = open_context(model, reqs, 1)
+        ctx = _context(model, reqs, 1)
         logits = ctx.logits(ctx.feed(chunks, keep=1)[:, -1])  # (B, V)
         for r, kv, row in zip(reqs, split(ctx), logits):
             r.kv, r.logits = kv, row
-    ms = _elapsed_ms(t0, model.device)
+    ms = elapsed_ms(t0, model.device)
     for r in reqs:
         r.took_part("answer", ms, len(reqs))

@@ -1,9 +1,10 @@
-"""One question on its way through the latent loop: its options, progress and result.
+"""One question on its way through an agent's loop: its options, progress and result.
 
-A request moves through phases: ``STEP`` (ready for its next step pass: pending documents, then
-the latent slots), ``SEARCH`` (waiting for its store), ``ANSWER`` (generating its answer, one
-token per pass) and ``DONE``. The scheduler moves it; this module only keeps its state and turns
-it into a :class:`~latentrag_plugins.results.LatentRAGResult`.
+A request moves through phases: ``FEED`` (ready for a wide pass: its prompt or documents, and
+for LatentRAG the latent slots of its next step), ``SEARCH`` (waiting for its store),
+``GENERATE`` (generating text, one token per pass) and ``DONE``. A scheduler moves it; this
+module only keeps its state and turns it into a
+:class:`~latentrag_plugins.results.LatentRAGResult`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
 class Phase(enum.Enum):
     """Where a request is in the loop."""
 
-    STEP = "step"  # ready for a step pass
+    FEED = "feed"  # ready for a wide pass (prompt, documents, latent slots)
     SEARCH = "search"  # waiting for its search
-    ANSWER = "answer"  # generating its answer
+    GENERATE = "generate"  # generating text, one token per pass
     DONE = "done"
 
 
@@ -95,22 +96,19 @@ class RequestOptions:
 class SearchJob:
     """A request's latent query to search: ``embedding (dim,)`` float32, L2-normalised."""
 
-    request: LatentRequest
+    request: Request
     step: int
     embedding: np.ndarray
     k: int
-    latents: torch.Tensor  # (n, d_llm) the latent subquery
-    thoughts: torch.Tensor  # (m, d_llm) the latent thought of the same step
+    latents: torch.Tensor | None = None  # (n, d_llm) the latent subquery
+    thoughts: torch.Tensor | None = None  # (m, d_llm) the latent thought of the same step
 
 
-class LatentRequest:
-    """One question's state in the loop.
+class Request:
+    """What every agent's request keeps: where it is, its cache and steps, and what it cost.
 
     Args:
-        prompt: The question's prompt ids.
         question: The question.
-        options: Its settings.
-        answer: The answer's text builder (streams its pieces, if anyone listens).
         emit: Where its events go (called on the thread that runs the loop).
         search: What searches its store (the engine's search function; unused by a loop
             driven by hand).
@@ -119,36 +117,24 @@ class LatentRequest:
 
     def __init__(
         self,
-        prompt: list[int],
         question: str,
-        options: RequestOptions,
-        answer: AnswerText,
         emit: Callable[[Event], None],
         search: Any = None,
         loop: Any = None,
     ) -> None:
         self.question = question
-        self.options = options
-        self.answer = answer
         self.emit = emit
         self.search = search
         self.loop = loop
-        self.phase = Phase.STEP
+        self.phase = Phase.FEED
         self.kv = RowKV()
-        self.pending = prompt  # ids to feed before the next slots: the prompt, then documents
-        self.step = 0  # index of the next step
         self.steps: list[Step] = []
-        self.latents: list[dict[str, torch.Tensor]] = []
-        self.logits: torch.Tensor | None = None  # (V,) next answer token, once <answer> is fed
-        self.spans: SpanConstraint | None = None  # extractive answers: what it may quote
-        self.stopped = False  # the answer ended on a stop token (not the length cap)
-        self.fed = 0  # answer tokens fed back to the LLM
         self.passes = 0  # forward passes it took part in (decoding ones included)
         self.input_tokens = 0
         self.batch_sizes: list[int] = []  # rows of each pass it took part in
         self.stages = dict.fromkeys(STAGES, 0.0)
         self.started = time.perf_counter()
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # set when it failed alone
         self.result: LatentRAGResult | None = None
 
     @property
@@ -162,12 +148,60 @@ class LatentRequest:
         self.batch_sizes.append(rows)
         self.stages[stage] += ms
 
+    def _result(self, answer: str, output_tokens: int) -> LatentRAGResult:
+        """The result, from what it recorded (the request is done)."""
+        self.phase = Phase.DONE
+        sizes = self.batch_sizes
+        self.result = LatentRAGResult(
+            answer=answer,
+            steps=self.steps,
+            timings_ms=Timings(**self.stages, total=(time.perf_counter() - self.started) * 1e3),
+            forward_passes=self.passes,
+            input_tokens=self.input_tokens,
+            output_tokens=output_tokens,
+            batch_size=sum(sizes) / len(sizes) if sizes else 1.0,
+        )
+        return self.result
+
+
+class LatentRequest(Request):
+    """One question's state in the latent loop.
+
+    Args:
+        prompt: The question's prompt ids.
+        question: The question.
+        options: Its settings.
+        answer: The answer's text builder (streams its pieces, if anyone listens).
+        emit, search, loop: As for :class:`Request`.
+    """
+
+    def __init__(
+        self,
+        prompt: list[int],
+        question: str,
+        options: RequestOptions,
+        answer: AnswerText,
+        emit: Callable[[Event], None],
+        search: Any = None,
+        loop: Any = None,
+    ) -> None:
+        super().__init__(question, emit, search, loop)
+        self.options = options
+        self.answer = answer
+        self.pending = prompt  # ids to feed before the next slots: the prompt, then documents
+        self.step = 0  # index of the next step
+        self.latents: list[dict[str, torch.Tensor]] = []
+        self.logits: torch.Tensor | None = None  # (V,) next answer token, once <answer> is fed
+        self.spans: SpanConstraint | None = None  # extractive answers: what it may quote
+        self.stopped = False  # the answer ended on a stop token (not the length cap)
+        self.fed = 0  # answer tokens fed back to the LLM
+
     def found(self, docs: list[RetrievedDoc], pending: list[int]) -> None:
         """Record the documents of the step that searched, and what to feed before the next."""
         step = self.steps[-1]
         step.docs = list(docs)
         self.pending = pending
-        self.phase = Phase.STEP
+        self.phase = Phase.FEED
         self.emit(StepEvent(step.index, "retrieve", False, step.docs))
 
     def token(self, token: int) -> None:
@@ -178,21 +212,10 @@ class LatentRequest:
 
     def finish(self) -> LatentRAGResult:
         """Build the result (the request is done)."""
-        self.phase = Phase.DONE
         tokens = self.answer.tokens
-        sizes = self.batch_sizes
-        result = LatentRAGResult(
-            answer=self.answer.finish(),
-            steps=self.steps,
-            timings_ms=Timings(**self.stages, total=(time.perf_counter() - self.started) * 1e3),
-            forward_passes=self.passes,
-            input_tokens=self.input_tokens,
-            output_tokens=len(tokens) + int(self.stopped),
-            batch_size=sum(sizes) / len(sizes) if sizes else 1.0,
-        )
+        result = self._result(self.answer.finish(), len(tokens) + int(self.stopped))
         result._latents = self.latents
         result._token_ids = self.kv.tokens + tokens[self.fed :]  # the last token, if not fed
-        self.result = result
         return result
 
 

@@ -40,6 +40,18 @@ class RowKV:
         return len(self.tokens)
 
 
+def open_context(
+    llm: torch.nn.Module,
+    pad_id: int,
+    wide: torch.nn.Module | None,
+    rows: list[RowKV],
+    width: int,
+) -> BatchedContext:
+    """A context holding ``rows``' caches, in the dtype of a pass feeding ``width`` tokens."""
+    ctx = BatchedContext(llm, len(rows), pad_id, wide)
+    return assemble(ctx, rows, ctx.pass_dtype(width))
+
+
 def assemble(
     ctx: BatchedContext, rows: list[RowKV], dtype: torch.dtype | None = None
 ) -> BatchedContext:

@@ -11,15 +11,18 @@ the :class:`~latentrag_plugins.engine.Engine` in worker threads and event loops.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..context import BatchedContext
 from ..decoding import decode_items, logit_lens_tokens
 from ..results import RetrievedDoc, Step
-from ..runtime import eval_mode
-from .events import StepEvent, ThoughtEvent
+from ..runtime import check_questions, eval_mode
+from .answer_text import AnswerText
+from .events import Event, StepEvent, ThoughtEvent
 from .passes import plan_step, step_pass, token_pass
-from .request import LatentRequest, Phase, SearchJob
+from .prompt import question_prompt
+from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -36,6 +39,28 @@ class LatentScheduler:
         self.model = model
         self.requests: list[LatentRequest] = []
 
+    def new_requests(
+        self,
+        questions: list[str],
+        options: dict[str, Any],
+        emits: list[Callable[[Event], None]],
+        searches: list[Any],
+        loops: list[Any],
+    ) -> list[LatentRequest]:
+        """Requests for ``questions``, all checked before any is made.
+
+        Raises:
+            ValueError: An empty or too long question, or a bad option.
+        """
+        opts = RequestOptions.resolve(self.model.config, **options)
+        check_questions(questions)
+        prompts = [question_prompt(self.model, q) for q in questions]
+        tokenizer = self.model.tokenizer
+        return [
+            LatentRequest(p, q, opts, AnswerText(tokenizer, piece_sink(emit)), emit, fn, loop)
+            for q, p, emit, fn, loop in zip(questions, prompts, emits, searches, loops)
+        ]
+
     def add(self, request: LatentRequest) -> None:
         """Take a new request in; it feeds its prompt at the next round."""
         self.requests.append(request)
@@ -49,7 +74,7 @@ class LatentScheduler:
 
     def runnable(self) -> bool:
         """Whether a round has a pass to run (some request is not waiting for its store)."""
-        return any(r.phase in (Phase.STEP, Phase.ANSWER) for r in self.requests)
+        return any(r.phase in (Phase.FEED, Phase.GENERATE) for r in self.requests)
 
     def round(self) -> tuple[list[SearchJob], list[LatentRequest]]:
         """Run one step pass and one token pass over the requests ready for them.
@@ -58,8 +83,8 @@ class LatentScheduler:
             The searches to run, and the requests that ended (their ``result`` is set).
         """
         with eval_mode(self.model):
-            jobs = self._steps([r for r in self.requests if r.phase is Phase.STEP])
-            answering = [r for r in self.requests if r.phase is Phase.ANSWER]
+            jobs = self._steps([r for r in self.requests if r.phase is Phase.FEED])
+            answering = [r for r in self.requests if r.phase is Phase.GENERATE]
             ended = token_pass(self.model, answering) if answering else []
             for r in ended:
                 r.phase = Phase.DONE
@@ -67,6 +92,12 @@ class LatentScheduler:
             for r in done:
                 self._finish(r)
         return jobs, done
+
+    def end(self, request: LatentRequest) -> None:
+        """End a request at its search (the search raised ``EndRequest``): no answer."""
+        request.found([], [])
+        self.remove(request)
+        request.finish()
 
     def deliver(self, request: LatentRequest, docs: list[RetrievedDoc]) -> None:
         """Hand a request the documents of its search; it feeds them at its next step."""
