@@ -6,6 +6,8 @@
 - :func:`retrieval_success`: a retrieved document contains a gold answer (paper Table 3 (a)).
 - :func:`overlap`: the share of a reference run's documents (Search-R1's, in the paper) that
   another run also retrieved (paper Table 3 (b)).
+- :func:`recall_at_k` and :func:`reciprocal_rank`: where a ranked list of retrieved ids puts a
+  question's supporting passages (``latentrag eval --retrieval-only``).
 """
 
 from __future__ import annotations
@@ -129,3 +131,30 @@ def overlap(a_ids: Iterable[str], b_ids: Iterable[str]) -> float | None:
     if not b:
         return None
     return len(a & b) / len(b)
+
+
+def recall_at_k(
+    doc_ids: Sequence[str], supporting: Iterable[str], k: int | None = None
+) -> float | None:
+    """The share of the supporting passages among the first ``k`` ranked ids (all with None).
+
+    Returns:
+        ``|top-k ∩ supporting| / |supporting|``, or None when there are none to find.
+    """
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, not {k}")
+    return support_recall(list(doc_ids)[:k], supporting)
+
+
+def reciprocal_rank(doc_ids: Sequence[str], supporting: Iterable[str]) -> float | None:
+    """``1 / rank`` of the first supporting passage in the ranked ``doc_ids`` (0.0 when none is
+    there; a repeated id keeps its first rank). The mean over questions is the MRR.
+
+    Returns:
+        The reciprocal rank, or None when there are no supporting passages to find.
+    """
+    want = set(supporting)
+    if not want:
+        return None
+    ranked = list(dict.fromkeys(doc_ids))  # first occurrences, in order
+    return next((1.0 / (i + 1) for i, d in enumerate(ranked) if d in want), 0.0)

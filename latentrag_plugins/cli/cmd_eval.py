@@ -1,4 +1,5 @@
-"""``latentrag eval``: EM/F1, retrieval quality and latency of LatentRAG next to baselines."""
+"""``latentrag eval``: EM/F1, retrieval quality and latency of LatentRAG next to baselines, or
+(``--retrieval-only``) the recall and MRR of its query embeddings next to the frozen tower's."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "wall time of each call, after one untimed warm-up batch per method) with the stage "
             "breakdown and the time outside every stage (`other`), forward passes and output "
             "tokens; per hop count when the questions carry `hops`. Questions: JSONL with id, "
-            "question, golden_answers."
+            "question, golden_answers. With --retrieval-only, no answers: recall@k (the share "
+            "of a question's `supporting_ids` among its documents; k = --top-k, default the "
+            "model's top_k) and MRR (the reciprocal rank of its first supporting passage) of "
+            "three ways to search: `frozen` (the frozen document tower on the question), "
+            "`latent_query` (the first latent step's query embedding: one LLM pass) and "
+            "`latent` (the full latent loop without its answer: every document it retrieved), "
+            "with the latency per question of each."
         ),
     )
     add_model_arg(p)
@@ -36,6 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "`explicit:DIR` (an explicit agent checkpoint, e.g. from `latentrag init --explicit`).",
     )
     p.add_argument("--no-latent", action="store_true", help="Evaluate only the baselines.")
+    p.add_argument(
+        "--retrieval-only", action="store_true",
+        help="Evaluate retrieval alone: recall@k and MRR of the supporting passages (questions "
+        "need `supporting_ids`) and latency, for the --methods below; no answers.",
+    )  # fmt: skip
+    p.add_argument(
+        "--methods", default=None, metavar="LIST",
+        help="With --retrieval-only: comma-separated methods among `frozen`, `latent_query` and "
+        "`latent` (default: all three).",
+    )  # fmt: skip
     p.add_argument("--decode", action="store_true", help="Decode LatentRAG's latent steps too.")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="First N questions only.")
     p.add_argument(
@@ -81,6 +98,10 @@ def parse_baselines(spec: str) -> list[tuple[str, str | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.retrieval_only:
+        return run_retrieval(args)
+    if args.methods is not None:
+        raise ValueError("--methods applies only with --retrieval-only")
     from ..bench.runner import machine_info
     from ..evaluation import evaluate, read_questions, report
     from ..evaluation.table import latency_table, quality_table, ratios_line
@@ -176,4 +197,84 @@ def run(args: argparse.Namespace) -> int:
         plot_stages(
             rep["methods"], args.plot, title="latentrag eval: latency by stage", score_key="em"
         )
+    return 0
+
+
+def parse_methods(spec: str | None) -> tuple[str, ...] | None:
+    """``"frozen,latent"`` -> ``("frozen", "latent")``; None stays None (the API's default)."""
+    if spec is None:
+        return None
+    methods = tuple(m.strip().lower() for m in spec.split(",") if m.strip())
+    if not methods:
+        raise ValueError("--methods is empty: name some of frozen, latent_query, latent")
+    return methods
+
+
+_NOT_RETRIEVAL = (  # (attribute, flag): what --retrieval-only does not do
+    ("baselines", "--baselines"),
+    ("no_latent", "--no-latent"),
+    ("decode", "--decode"),
+    ("plot", "--plot"),
+    ("extractive", "--extractive"),
+)
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    """``latentrag eval --retrieval-only``: recall@k, MRR and latency per retrieval method."""
+    for attr, flag in _NOT_RETRIEVAL:
+        if getattr(args, attr):
+            raise ValueError(f"{flag} does not apply with --retrieval-only (no answers)")
+    if args.explicit_dtype != "auto":
+        raise ValueError("--explicit-dtype does not apply with --retrieval-only (no baselines)")
+    from ..bench.runner import machine_info
+    from ..evaluation import evaluate_retrieval, read_questions, retrieval_report
+    from ..evaluation.retrieval import RETRIEVAL_METHODS, retrieval_predictions
+    from ..evaluation.table import retrieval_table
+    from ..inference import question_prompt
+    from ..io_utils import write_json_atomic, write_jsonl_atomic
+    from ..precision import precision_name
+    from .common import check_output_files, load_index, load_model
+
+    check_output_files(args.json, args.predictions, inputs=[args.questions])
+    methods = parse_methods(args.methods) or RETRIEVAL_METHODS
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, not {args.top_k}")
+    questions = read_questions(args.questions, limit=args.limit)
+    if not any(q.supporting for q in questions):
+        raise ValueError(
+            f"{args.questions}: no question lists `supporting_ids`; --retrieval-only needs them"
+        )
+    model = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    if {"latent_query", "latent"} & set(methods):
+        for q in questions:  # before any work, not midway
+            try:
+                question_prompt(model, q.question)
+            except ValueError as exc:
+                raise ValueError(f"{args.questions}: question {q.id!r}: {exc}") from None
+    store = load_index(args.index, model)
+    records = evaluate_retrieval(
+        model, store, questions, methods=methods, top_k=args.top_k, max_steps=args.max_steps,
+        batch_size=args.batch_size, show_progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    k = model.config.top_k if args.top_k is None else args.top_k
+    max_steps = model.config.max_steps if args.max_steps is None else args.max_steps
+    rep = retrieval_report(
+        records, k=k, model=args.model, index=args.index, questions_file=args.questions,
+        batch_size=args.batch_size, machine=machine_info(model.device),
+        settings={"dtype": precision_name(model), "top_k": k, "max_steps": max_steps},
+    )  # fmt: skip
+    text = retrieval_table(rep["methods"], k)
+    for h, block in rep.get("by_hops", {}).items():
+        text += f"\n\n{h}-hop questions (n={block['n']}):\n\n"
+        text += retrieval_table(block["methods"], k)
+    to_stdout = args.json == "-"
+    print(text, file=sys.stderr if to_stdout else sys.stdout)
+    if to_stdout:
+        from .common import print_json
+
+        print_json(rep)
+    elif args.json:
+        write_json_atomic(args.json, rep)
+    if args.predictions:
+        write_jsonl_atomic(args.predictions, retrieval_predictions(records))
     return 0

@@ -92,3 +92,27 @@ def _md(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def retrieval_table(methods: Mapping[str, Mapping[str, Any]], k: int) -> str:
+    """Recall, MRR, documents and latency per method (``eval --retrieval-only``), as markdown."""
+    head = ["method", "n", f"recall@{k}", "MRR", "docs", "steps", "mean ms", "p50 ms", "p95 ms",
+            "embed", "search", OTHER]  # fmt: skip
+    rows = []
+    for name, m in methods.items():
+        st = m.get("stages_ms", {})
+        rows.append(
+            [
+                name,
+                str(m.get("n", "-")),
+                _f(m.get("recall_at_k"), pct=True),
+                _f(m.get("mrr"), digits=3),
+                _f(m.get("docs")),
+                _f(m.get("mean_steps"), digits=2),
+                _f(m.get("mean_ms"), digits=2),
+                _f(m.get("p50_ms"), digits=2),
+                _f(m.get("p95_ms"), digits=2),
+                *(_f(st.get(s), digits=2) for s in ("embed", "search", OTHER)),
+            ]
+        )
+    return _md(head, rows)
