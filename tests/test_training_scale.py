@@ -110,3 +110,14 @@ def test_lora_in_bf16_keeps_the_frozen_llm_in_bf16(tmp_path, tokenizer):
         assert {p.dtype for p in part.parameters()} == {torch.float32}
     assert summary["tokens"] > 0 and summary["tokens_per_second"] > 0
     LatentRAG.from_pretrained(tmp_path / "run", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scale_check_on_cuda_reports_memory(tmp_path):
+    from latentrag_plugins.training.scale_check import main
+
+    smoke = [a if a != "cpu" else "cuda" for a in SMOKE]
+    assert main(["--out", str(tmp_path), *smoke]) == 0
+    report = json.loads((tmp_path / "scale_check.json").read_text())
+    assert report["mixed_precision"] == "bf16" and report["environment"]["device"] != "cpu"
+    assert report["memory_after_init_gib"] > 0 and report["peak_memory_gib"] > 0
