@@ -7,7 +7,8 @@ Example:
     >>> summary = Trainer("models/init", "data/prepared", "runs/r1", cfg).train()
     >>> # runs/r1 is a LatentRAG checkpoint: LatentRAG.from_pretrained("runs/r1")
 
-Launch on several GPUs with ``accelerate launch -m latentrag_plugins.cli.main train ...``.
+Launch on several GPUs with ``accelerate launch --multi_gpu --num_processes N -m
+latentrag_plugins.cli.main train ...`` (see :mod:`.distributed`).
 """
 
 from __future__ import annotations
