@@ -55,3 +55,10 @@ class SpanConstraint:
 def source_tokens(ids: Sequence[int], control: set[int]) -> list[int]:
     """``ids`` without control tokens."""
     return [t for t in ids if t not in control]
+
+
+def quote_constraint(
+    contexts: Sequence[Sequence[int]], control: set[int], stop: Iterable[int]
+) -> SpanConstraint:
+    """A :class:`SpanConstraint` over each row's context, control tokens left out."""
+    return SpanConstraint([source_tokens(c, control) for c in contexts], stop)

@@ -17,7 +17,7 @@ from .engine.loop import (
     result_docs,
     search_store,
 )
-from .extractive import SpanConstraint, source_tokens
+from .extractive import SpanConstraint, quote_constraint
 from .tokens import special_ids
 
 if TYPE_CHECKING:
@@ -30,8 +30,7 @@ def answer_spans(
     """The extractive-answer constraint over each row's context (None unless configured)."""
     if not model.config.extractive_answers:
         return None
-    control = model.ids.all | special_ids(model.tokenizer)
-    return SpanConstraint([source_tokens(c, control) for c in contexts], stop)
+    return quote_constraint(contexts, model.ids.all | special_ids(model.tokenizer), stop)
 
 
 __all__ = [

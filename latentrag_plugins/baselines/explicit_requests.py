@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..engine.answer_text import cased
 from ..engine.events import StepEvent
 from ..engine.request import Phase, Request
-from ..extractive import SpanConstraint, source_tokens
+from ..extractive import SpanConstraint, quote_constraint
 from ..results import LatentRAGResult, Step
 from . import search_r1 as sr1
 from .explicit_force import ExplicitForce
@@ -150,8 +151,8 @@ class ExplicitRequest(Request):
         self.carry = [t.tokens[-1]] if t.tokens and t.fed < len(t.tokens) else []
         self.current, self.logits = None, None
         if self.answer_mode:
-            text = agent.decode(t.tokens)
-            self.answer, self.phase = text.split(sr1.ANSWER_END, 1)[0].strip(), Phase.DONE
+            text = agent.decode(t.tokens).split(sr1.ANSWER_END, 1)[0]
+            self.answer, self.phase = self._cased(text), Phase.DONE
             return False
         if t.plan is not None:
             kind = "search" if "subquery" in t.plan[1] else "answer"
@@ -161,7 +162,7 @@ class ExplicitRequest(Request):
             kind, thought, sub, ans = classify_turn(agent.decode(t.tokens), t.kind)
         if kind == "answer":
             self.decide(Step(index=self.turn, action="answer", thought=thought))
-            self.answer, self.phase = (ans or "").strip(), Phase.DONE
+            self.answer, self.phase = self._cased(ans or ""), Phase.DONE
             return False
         if kind == "search" and sub and self.turn < self.options.max_turns:
             self.steps.append(
@@ -173,6 +174,10 @@ class ExplicitRequest(Request):
         self.decide(Step(index=self.turn, action="answer", thought=thought, forced=True))
         self.force_answer(agent)
         return False
+
+    def _cased(self, answer: str) -> str:
+        """The answer, stripped, as the documents or the question write it."""
+        return cased(answer.strip(), [d.text for d in self.docs] + [self.question])
 
     def finish(self) -> LatentRAGResult:
         """Build the result (the request is done)."""
@@ -196,7 +201,7 @@ def answer_spans(agent: ExplicitAgent, sources: list[int]) -> SpanConstraint | N
     stop = {t for t in firsts if agent.decode_raw([t]).strip()}
     if agent.eos_id is not None:
         stop.add(agent.eos_id)
-    return SpanConstraint([source_tokens(sources, agent.specials)], stop)
+    return quote_constraint([sources], agent.specials, stop)
 
 
 def _span(agent: ExplicitAgent, t: Turn, name: str) -> str | None:

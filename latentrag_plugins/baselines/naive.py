@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..context import BatchedContext, greedy_generate
+from ..engine.answer_text import cased
+from ..engine.search import search_many
 from ..errors import StoreError
-from ..inference import SearchRequest, answer_spans, search_store
+from ..extractive import quote_constraint
 from ..results import LatentRAGResult, Step
 from ..runtime import StageClock, check_questions, check_store, eval_mode
+from ..tokens import special_ids
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -74,7 +77,7 @@ class NaiveRAG:
         clock = StageClock(m.device)
         with clock.stage("retrieval"):
             emb = m.doc_tower.embed_texts([q.strip() for q in questions], is_query=True)  # (B, dim)
-            found = search_store(store, SearchRequest(0, list(range(len(questions))), emb, k))
+            found = search_many(store, emb, k)
         if found is None or len(found) != len(questions):
             raise StoreError("the store returned no documents for some questions")
 
@@ -101,13 +104,14 @@ class NaiveRAG:
                 gens = greedy_generate(
                     ctx, first, max_new=cfg.max_answer_tokens, stop=stop,
                     banned=sorted(ids.all - {ids.answer_end}),
-                    spans=answer_spans(m, chunks, stop),
+                    spans=_quoting(m, chunks, stop),
                 )  # fmt: skip
         timings = clock.timings()
         results = []
         for q, docs, chunk, g in zip(questions, found, chunks, gens):
+            answer = m.tokenizer.decode(g.tokens, skip_special_tokens=True).strip()
             res = LatentRAGResult(
-                answer=m.tokenizer.decode(g.tokens, skip_special_tokens=True).strip(),
+                answer=cased(answer, [d.text for d in docs] + [q]),
                 steps=[
                     Step(index=0, action="retrieve", docs=list(docs), subquery=q.strip()),
                     Step(index=1, action="answer"),
@@ -120,6 +124,13 @@ class NaiveRAG:
             res._token_ids = chunk + g.tokens
             results.append(res)
         return results
+
+
+def _quoting(m: LatentRAG, contexts: list[list[int]], stop: set[int]) -> Any:
+    """The extractive-answer constraint (None unless the model's config asks for it)."""
+    if not m.config.extractive_answers:
+        return None
+    return quote_constraint(contexts, m.ids.all | special_ids(m.tokenizer), stop)
 
 
 __all__ = ["NaiveRAG"]

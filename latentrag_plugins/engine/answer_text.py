@@ -20,6 +20,37 @@ def _lower(text: str) -> str:
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
+class Casing:
+    """Writes answer text as the sources write it, where they hold it (ignoring case).
+
+    Args:
+        sources: The texts whose casing the answer takes (documents, the question).
+    """
+
+    def __init__(self, sources: Sequence[str] = ()) -> None:
+        self.source = "\n".join(sources)
+        self.low = _lower(self.source)
+
+    def apply(self, raw: str, sent: str = "") -> str:
+        """``raw`` as the sources write it, where they hold it and that agrees with ``sent``
+        (the text already given out); else ``raw`` after ``sent``."""
+        core = raw.strip()
+        if core and self.low:
+            lead = raw.index(core[0])
+            want, start = _lower(core), 0
+            while (at := self.low.find(want, start)) >= 0:
+                text = raw[:lead] + self.source[at : at + len(core)] + raw[lead + len(core) :]
+                if text.startswith(sent):
+                    return text
+                start = at + 1
+        return sent + raw[len(sent) :]
+
+
+def cased(text: str, sources: Sequence[str]) -> str:
+    """``text`` with the casing of ``sources`` where they hold it (see :class:`Casing`)."""
+    return Casing(sources).apply(text)
+
+
 class AnswerText:
     """Decodes an answer token by token into text pieces.
 
@@ -34,12 +65,11 @@ class AnswerText:
         self.tokens: list[int] = []
         self.sent = ""  # the text given out so far
         self._raw_sent = ""  # the same text as decoded
-        self._source = self._low = ""
+        self._casing = Casing()
 
     def read(self, sources: Sequence[str]) -> None:
         """Set the texts whose casing the answer takes (documents, the question)."""
-        self._source = "\n".join(sources)
-        self._low = _lower(self._source)
+        self._casing = Casing(sources)
 
     def add(self, token: int) -> None:
         """Append a generated token (not a stop token)."""
@@ -58,22 +88,8 @@ class AnswerText:
             return
         if not final and raw[-1] == "\ufffd":
             return
-        text = self._cased(raw)
+        text = self._casing.apply(raw, self.sent)
         piece = text[len(self.sent) :]
         self.sent, self._raw_sent = text, raw
         if self.on_piece is not None and piece:
             self.on_piece(piece)
-
-    def _cased(self, raw: str) -> str:
-        """``raw`` as the sources write it, where they hold it and that agrees with the text
-        already given out; else ``raw`` after that text."""
-        core = raw.strip()
-        if core and self._low:
-            lead = raw.index(core[0])
-            want, start = _lower(core), 0
-            while (at := self._low.find(want, start)) >= 0:
-                text = raw[:lead] + self._source[at : at + len(core)] + raw[lead + len(core) :]
-                if text.startswith(self.sent):
-                    return text
-                start = at + 1
-        return self.sent + raw[len(self.sent) :]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..context import BatchedContext
-from ..extractive import SpanConstraint, source_tokens
+from ..extractive import quote_constraint
 from ..results import Step
 from ..tokens import special_ids
 from .request import LatentRequest, Phase, SearchJob
@@ -163,7 +163,7 @@ def _start_answer(model: LatentRAG, req: LatentRequest, logits: torch.Tensor | N
     req.answer.read([d.text for d in req.docs] + [req.question])
     if model.config.extractive_answers:
         control = model.ids.all | special_ids(model.tokenizer)
-        req.spans = SpanConstraint([source_tokens(req.kv.tokens, control)], stop_ids(model))
+        req.spans = quote_constraint([req.kv.tokens], control, stop_ids(model))
 
 
 def _search_jobs(model: LatentRAG, reqs: list[LatentRequest]) -> list[SearchJob]:
