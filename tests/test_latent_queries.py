@@ -204,3 +204,173 @@ def test_llama_index_latent_queries_need_the_whole_model(model):
     with pytest.raises(TypeError, match="latent_queries=True needs a LatentRAG"):
         LatentRAGEmbedding(model=model.doc_tower, latent_queries=True)
     assert LatentRAGEmbedding(model=model.doc_tower).latent_queries is False
+
+
+# ------------------------------------------------------------------------------ evaluation
+EVAL_QUESTIONS = [  # (question, supporting ids, hops) over examples/corpus.jsonl
+    ("In which country was Marie Curie born?", ["d0", "d1"], 2),
+    ("Who married Marie Curie?", ["d2"], 1),
+    ("What is the capital of Poland?", ["d1"], 1),
+]
+
+
+def eval_questions():
+    from latentrag_plugins.evaluation import Question
+
+    return [
+        Question(f"q{i}", q, ("x",), hops, tuple(sup))
+        for i, (q, sup, hops) in enumerate(EVAL_QUESTIONS)
+    ]
+
+
+def test_recall_at_k_and_reciprocal_rank():
+    from latentrag_plugins.metrics import recall_at_k, reciprocal_rank
+
+    assert recall_at_k(["a", "b", "c"], ["c", "z"], k=3) == 0.5
+    assert recall_at_k(["a", "b", "c"], ["c", "z"], k=2) == 0.0
+    assert recall_at_k(["a", "b", "c"], ["a", "c"]) == 1.0
+    assert recall_at_k(["a"], []) is None
+    assert reciprocal_rank(["a", "b", "c"], ["c", "b"]) == 0.5
+    assert reciprocal_rank(["a", "a", "b"], ["b"]) == 0.5  # a repeat keeps its first rank
+    assert reciprocal_rank(["a"], ["z"]) == 0.0
+    assert reciprocal_rank(["a"], []) is None
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(["a"], ["a"], k=0)
+
+
+def test_evaluate_retrieval_scores_each_methods_own_documents(model, store, force):
+    from latentrag_plugins.engine import drive
+    from latentrag_plugins.evaluation import evaluate_retrieval, retrieval_report
+    from latentrag_plugins.metrics import recall_at_k, reciprocal_rank
+
+    questions = eval_questions()
+    texts = [q.question for q in questions]
+    with force(model, "hidden"):
+        records = evaluate_retrieval(model, store, questions, max_steps=2, show_progress=False)
+        loop = drive(
+            latent_loop(model, texts, max_steps=2, min_steps=1, generate_answer=False), store
+        )
+    k = model.config.top_k
+    want = {
+        "frozen": [[d.id for d in store.search(e, k)] for e in model.embed_queries(texts)],
+        "latent_query": [
+            [d.id for d in store.search(e, k)] for e in model.embed_queries(texts, latent=True)
+        ],
+        "latent": [list(dict.fromkeys(d.id for s in r.steps for d in s.docs)) for r in loop],
+    }
+    assert list(records) == ["frozen", "latent_query", "latent"]
+    for name, ids in want.items():
+        assert [list(dict.fromkeys(r.doc_ids)) for r in records[name]] == ids, name
+    rep = retrieval_report(records, k=k, model="tiny")
+    assert rep["k"] == k and rep["n"] == 3 and rep["model"] == "tiny"
+    for name, ids in want.items():
+        m = rep["methods"][name]
+        sup = [q.supporting for q in questions]
+        assert m["recall_at_k"] == pytest.approx(
+            np.mean([recall_at_k(i, s) for i, s in zip(ids, sup)])
+        )
+        assert m["mrr"] == pytest.approx(np.mean([reciprocal_rank(i, s) for i, s in zip(ids, sup)]))
+        assert m["mean_ms"] > 0 and set(m["stages_ms"]) == {"embed", "search", "other"}
+    assert rep["methods"]["frozen"]["docs"] == k
+    assert rep["methods"]["latent_query"]["forward_passes"] == 1
+    assert set(rep["by_hops"]) == {"1", "2"} and rep["by_hops"]["1"]["n"] == 2
+    assert rep["ratios"]["latent_query_vs_frozen"] > 0
+
+
+def test_evaluate_retrieval_refuses_bad_settings(model, store):
+    from latentrag_plugins.evaluation import Question, evaluate_retrieval
+
+    with pytest.raises(ValueError, match="supporting_ids"):
+        evaluate_retrieval(model, store, [Question("q", "Who?", ("x",))], show_progress=False)
+    for methods in (["frozen", "bogus"], [], ["latent", "latent"]):
+        with pytest.raises(ValueError, match="retrieval methods"):
+            evaluate_retrieval(model, store, eval_questions(), methods=methods)
+    with pytest.raises(ValueError, match="top_k"):
+        evaluate_retrieval(model, store, eval_questions(), top_k=0)
+
+
+@pytest.fixture
+def cli_files(model, store, tmp_path):
+    import json
+
+    model.save_pretrained(tmp_path / "m")
+    store.save(tmp_path / "idx")
+    rows = [
+        {"id": f"q{i}", "question": q, "golden_answers": ["x"], "hops": h, "supporting_ids": s}
+        for i, (q, s, h) in enumerate(EVAL_QUESTIONS)
+    ]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [
+        "--model",
+        str(tmp_path / "m"),
+        "--index",
+        str(tmp_path / "idx"),
+        "--questions",
+        str(qfile),
+    ]
+
+
+def test_cli_retrieval_only(cli_files, tmp_path, capsys):
+    import inspect
+    import json
+
+    from latentrag_plugins.cli.main import build_parser, main
+    from latentrag_plugins.evaluation import evaluate_retrieval
+
+    out = tmp_path / "r.json"
+    argv = ["eval", "--retrieval-only", *cli_files, "--max-steps", "2"]
+    assert main([*argv, "--json", str(out), "--predictions", str(tmp_path / "p.jsonl")]) == 0
+    assert "| latent_query |" in capsys.readouterr().out
+    rep = json.loads(out.read_text())  # keys sorted
+    assert set(rep["methods"]) == {"frozen", "latent_query", "latent"}
+    assert rep["k"] == rep["settings"]["top_k"] == 3 and rep["settings"]["max_steps"] == 2
+    assert set(rep["by_hops"]) == {"1", "2"} and "torch_threads" in rep["machine"]
+    preds = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(preds) == 9 and {"doc_ids", "recall_at_k", "reciprocal_rank"} <= set(preds[0])
+
+    assert main([*argv, "--methods", "frozen", "--top-k", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    stdout_rep = json.loads(captured.out)
+    assert list(stdout_rep["methods"]) == ["frozen"] and stdout_rep["k"] == 2
+    assert "| frozen |" in captured.err
+
+    args = build_parser().parse_args(["eval", "--retrieval-only", *cli_files])
+    api = inspect.signature(evaluate_retrieval).parameters
+    for name in ("top_k", "max_steps", "batch_size"):
+        assert getattr(args, name) == api[name].default, name
+    assert args.methods is None  # None: the API's default methods
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--baselines", "naive"], "--baselines does not apply with --retrieval-only"),
+        (["--decode"], "--decode does not apply"),
+        (["--methods", "frozen,nope"], "bad retrieval methods"),
+        (["--methods", " , "], "--methods is empty"),
+    ],
+)
+def test_cli_retrieval_only_mistakes(cli_files, capsys, extra, message):
+    from latentrag_plugins.cli.main import main
+
+    assert main(["eval", "--retrieval-only", *cli_files, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_cli_methods_need_retrieval_only(cli_files, capsys):
+    from latentrag_plugins.cli.main import main
+
+    assert main(["eval", *cli_files, "--methods", "frozen"]) == 1
+    assert "--methods applies only with --retrieval-only" in capsys.readouterr().err
+
+
+def test_cli_help_documents_retrieval_only(capsys):
+    from latentrag_plugins.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for word in ("--retrieval-only", "recall@k", "MRR", "frozen", "latent_query", "--methods"):
+        assert word in text
