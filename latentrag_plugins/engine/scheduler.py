@@ -22,7 +22,7 @@ from .answer_text import AnswerText
 from .events import Event, StepEvent, ThoughtEvent
 from .passes import plan_step, step_pass, token_pass
 from .prompt import question_prompt
-from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
+from .request import LatentRequest, PassStats, Phase, RequestOptions, SearchJob, piece_sink
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -38,6 +38,7 @@ class LatentScheduler:
     def __init__(self, model: LatentRAG) -> None:
         self.model = model
         self.requests: list[LatentRequest] = []
+        self.stats = PassStats()
 
     def new_requests(
         self,
@@ -85,7 +86,11 @@ class LatentScheduler:
         with eval_mode(self.model):
             jobs = self._steps([r for r in self.requests if r.phase is Phase.FEED])
             answering = [r for r in self.requests if r.phase is Phase.GENERATE]
-            ended = token_pass(self.model, answering) if answering else []
+            ended: list[LatentRequest] = []
+            if answering:
+                ended, fed = token_pass(self.model, answering)
+                if fed:
+                    self.stats.count(fed)
             for r in ended:
                 r.phase = Phase.DONE
             done = [r for r in self.requests if r.phase is Phase.DONE]
@@ -124,6 +129,7 @@ class LatentScheduler:
         if not fed:
             return []
         jobs = step_pass(self.model, fed, [plans[id(r)] for r in fed])
+        self.stats.count(len(fed))
         decoding = [r for r in fed if r.options.decode]
         if decoding:
             self._decode(decoding)
