@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "bench": "cmd_bench",
     "world": "cmd_world",
     "demo": "cmd_demo",
+    "serve": "cmd_serve",
 }
 
 
