@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ..results import LatentRAGResult
 from .client import RemoteLatentRAG
 
 Endpoint = Literal["ask", "stream", "both"]
@@ -84,6 +86,7 @@ def run_load(
     concurrency: int = 16,
     expected: Mapping[str, str] | None = None,
     endpoint: Endpoint = "ask",
+    options: Mapping[str, Any] | None = None,
     timeout: float | None = 120.0,
     on_answer: Callable[[int], Any] | None = None,
 ) -> LoadReport:
@@ -97,24 +100,32 @@ def run_load(
         expected: The right answer of each question (a different answer is a mismatch).
         endpoint: ``ask`` (``POST /v1/ask``), ``stream`` (``/v1/ask/stream``) or ``both`` (in
             turn).
+        options: Request options (``top_k``, ``max_steps``, ...) for every request.
         timeout: The client's timeout (see :class:`RemoteLatentRAG`).
         on_answer: Called with the number of requests ended so far, after each one.
     """
     if not questions or requests < 1 or concurrency < 1:
         raise ValueError("give questions, and requests and concurrency of at least 1")
     with RemoteLatentRAG(url, timeout=timeout, max_connections=concurrency) as client:
-        return asyncio.run(
-            _load(client, list(questions), requests, concurrency, expected, endpoint, on_answer)
-        )
+        send = functools.partial(_send, client, endpoint, dict(options or {}))
+        return asyncio.run(_load(send, list(questions), requests, concurrency, expected, on_answer))
+
+
+async def _send(
+    client: RemoteLatentRAG, endpoint: Endpoint, options: dict[str, Any], i: int, question: str
+) -> LatentRAGResult:
+    """Send request ``i`` to its endpoint."""
+    if endpoint == "stream" or (endpoint == "both" and i % 2 == 1):
+        return await client.submit(question, **options).aresult()
+    return await client.aask(question, **options)
 
 
 async def _load(
-    client: RemoteLatentRAG,
+    send: Callable[[int, str], Awaitable[LatentRAGResult]],
     questions: list[str],
     requests: int,
     concurrency: int,
     expected: Mapping[str, str] | None,
-    endpoint: Endpoint,
     on_answer: Callable[[int], Any] | None,
 ) -> LoadReport:
     report = LoadReport(requests, concurrency, 0.0)
@@ -123,13 +134,9 @@ async def _load(
 
     async def one(i: int) -> None:
         question = questions[i % len(questions)]
-        stream = endpoint == "stream" or (endpoint == "both" and i % 2 == 1)
         t0 = time.perf_counter()
         try:
-            if stream:
-                result = await client.submit(question).aresult()
-            else:
-                result = await client.aask(question)
+            result = await send(i, question)
         except Exception as exc:  # a failed request is a figure here, not a failure
             errors[f"{type(exc).__name__}: {exc}"] += 1
         else:
