@@ -102,12 +102,20 @@ def test_comes_from_the_llms_hidden_states(model):
 
 def test_train_mode_model_is_embedded_in_eval_mode(model):
     want = model.embed_query(QUESTIONS[2], latent=True)
+    modes = []
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: modes.append(mod.training))
+        for m in (model.llm.get_decoder().layers[0], model.proj_ret)
+    ]
     model.train()
     try:
         got = model.embed_query(QUESTIONS[2], latent=True)
         assert model.training and model.llm.training  # restored
     finally:
         model.eval()
+        for h in hooks:
+            h.remove()
+    assert modes == [False, False]
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
