@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 
 import pytest
@@ -248,3 +249,73 @@ def test_a_search_can_end_its_request(model, engine):
     res = engine.submit(QS[0], nothing, min_steps=1).result(30)
     assert [s.action for s in res.steps] == ["retrieve"] and res.answer == ""
     _assert_nothing_left(engine)
+
+
+def test_token_passes_in_the_preallocated_group_equal_assembled_ones(
+    model, store, force, monkeypatch, tokenizer
+):
+    from latentrag_plugins.baselines.explicit import ExplicitAgent
+    from latentrag_plugins.baselines.explicit_force import ExplicitForce
+    from latentrag_plugins.engine.token_group import TokenGroup
+
+    agent = ExplicitAgent.init(
+        copy.deepcopy(model.llm), model.doc_tower, tokenizer=copy.deepcopy(model.tokenizer),
+        device="cpu", max_turn_tokens=24, max_answer_tokens=6,
+    )  # fmt: skip
+    forces = [ExplicitForce((9, 8), (6,), 5, filler="model"), None, None, None]
+
+    def both():
+        with force(model, "hidden"):
+            latent = model.run_batch(QS, store, max_steps=3)
+        explicit = agent.run_batch(QS[:1], store, max_turns=1, force=forces[:1])
+        return latent + explicit + agent.run_batch(QS[1:], store, max_turns=1)
+
+    assert TokenGroup.applies(model.llm)
+    grouped = both()
+    monkeypatch.setattr(TokenGroup, "applies", staticmethod(lambda llm: False))
+    assembled = both()
+    for g, a in zip(grouped, assembled):
+        assert g._token_ids == a._token_ids and g.answer == a.answer
+        assert (g.forward_passes, g.input_tokens, g.output_tokens) == (
+            a.forward_passes, a.input_tokens, a.output_tokens,
+        )  # fmt: skip
+
+
+def test_the_token_group_computes_what_assembled_passes_compute(model):
+    """Three rows of different lengths write four tokens each (one leaves after two): logits
+    and caches equal those of passes over freshly assembled batches."""
+    import torch
+
+    from latentrag_plugins.context import BatchedContext
+    from latentrag_plugins.engine.rows import open_context, split
+    from latentrag_plugins.engine.token_group import TokenGroup
+
+    class Row:
+        kv = logits = None
+
+    prompts = [model.prompts.question(q) for q in QS[:3]]
+    with torch.inference_mode():
+        ctx = BatchedContext(model.llm, 3, model.ids.pad)
+        ctx.feed(prompts)
+        kvs = split(ctx)
+    grouped, assembled = [Row() for _ in kvs], [Row() for _ in kvs]
+    for g, a, kv in zip(grouped, assembled, kvs):
+        g.kv = a.kv = kv
+    group = TokenGroup(model.llm, model.ids.pad)
+    for step in range(4):
+        rows = [0, 1, 2] if step < 2 else [0, 2]
+        tokens = [7 + 3 * i + step for i in rows]
+        group.hold([grouped[i] for i in rows])
+        group.feed({id(grouped[i]): t for i, t in zip(rows, tokens)})
+        with torch.inference_mode():
+            ctx = open_context(model.llm, model.ids.pad, None, [assembled[i].kv for i in rows], 1)
+            logits = ctx.logits(ctx.feed([[t] for t in tokens], keep=1)[:, -1])
+            for i, kv, row in zip(rows, split(ctx), logits):
+                assembled[i].kv, assembled[i].logits = kv, row
+        for i in rows:
+            torch.testing.assert_close(grouped[i].logits, assembled[i].logits, rtol=1e-4, atol=1e-4)
+    group.hold([])
+    for g, a in zip(grouped, assembled):
+        assert g.kv.tokens == a.kv.tokens and g.kv.pos == a.kv.pos
+        for x, y in zip(g.kv.keys + g.kv.values, a.kv.keys + a.kv.values):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

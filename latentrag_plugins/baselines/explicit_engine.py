@@ -19,6 +19,7 @@ import torch
 from ..engine.passes import elapsed_ms
 from ..engine.request import PassStats, Phase, SearchJob
 from ..engine.rows import open_context, split
+from ..engine.token_group import TokenGroup
 from ..runtime import check_questions, eval_mode
 from . import search_r1 as sr1
 from .explicit_force import ExplicitForce, ForceTemplate
@@ -39,6 +40,7 @@ class ExplicitScheduler:
         self.agent = agent
         self.requests: list[ExplicitRequest] = []
         self.stats = PassStats()
+        self.group = TokenGroup(agent.llm, agent.pad_id)
         self._templates: dict[bool, ForceTemplate] = {}
 
     # ------------------------------------------------------------------ requests
@@ -96,6 +98,8 @@ class ExplicitScheduler:
         """Drop a request (cancelled or failed) and its cache."""
         if request in self.requests:
             self.requests.remove(request)
+        if request in self.group:
+            self.group.release(request, keep_cache=False)
         request.kv = type(request.kv)()
         request.phase = Phase.DONE
 
@@ -188,8 +192,10 @@ class ExplicitScheduler:
             t.fed += 1
             feeding.append(r)
             chunks.append([tok])
-        if feeding:
-            stages = ["answer" if r.current.in_answer else "reasoning" for r in feeding]
+        stages = ["answer" if r.current.in_answer else "reasoning" for r in feeding]
+        if TokenGroup.applies(self.agent.llm):
+            self._group_pass(feeding, chunks, stages)  # also lets the others out
+        elif feeding:
             self._pass(feeding, chunks, stages)
         return self._search_jobs(searching)
 
@@ -259,6 +265,20 @@ class ExplicitScheduler:
             for r, kv, row in zip(reqs, split(ctx), logits):
                 r.kv, r.logits = kv, row
         ms = elapsed_ms(t0, agent.device)
+        self.stats.count(len(reqs))
+        for r, stage in zip(reqs, stages):
+            r.took_part(stage, ms, len(reqs))
+
+    def _group_pass(
+        self, reqs: list[ExplicitRequest], chunks: list[list[int]], stages: list[str]
+    ) -> None:
+        """A token pass in the group's preallocated cache; requests no longer writing leave."""
+        t0 = time.perf_counter()
+        self.group.hold(reqs)
+        if not reqs:
+            return
+        self.group.feed({id(r): c[0] for r, c in zip(reqs, chunks)})
+        ms = elapsed_ms(t0, self.agent.device)
         self.stats.count(len(reqs))
         for r, stage in zip(reqs, stages):
             r.took_part(stage, ms, len(reqs))

@@ -216,12 +216,16 @@ class Engine:
                     self._apply(self._linger())
                 self._round()
                 self._admit()  # in the places of requests that ended
-        except BaseException as exc:  # a bug: fail everything rather than hang the callers
+        except BaseException as exc:  # a bug: fail every request rather than hang the callers
             log.exception("the LatentRAG engine stopped")
             with self._cond:
                 self._thread = None
-            for req in [*self._waiting, *self._scheduler.requests]:
-                self._end(req, None, exc)
+                handles, self._handles = list(self._handles.values()), {}
+                self._load = 0
+            self._waiting.clear()
+            self._scheduler.requests.clear()
+            for handle in handles:
+                handle.close(None, RuntimeError(f"the LatentRAG engine stopped: {exc!r}"))
             raise
 
     def _next_work(self) -> list[tuple[Any, ...]] | None:

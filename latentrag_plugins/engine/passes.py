@@ -29,6 +29,7 @@ from ..results import Step
 from ..tokens import special_ids
 from .request import LatentRequest, Phase, SearchJob
 from .rows import open_context, split
+from .token_group import TokenGroup
 
 if TYPE_CHECKING:
     from ..config import LatentRAGConfig
@@ -187,8 +188,11 @@ def stop_ids(model: LatentRAG) -> set[int]:
     return {ids.answer_end} | ({ids.eos} if ids.eos is not None else set())
 
 
-def token_pass(model: LatentRAG, reqs: list[LatentRequest]) -> tuple[list[LatentRequest], int]:
-    """Pick every answering request's next token and feed it, in one forward pass.
+def token_pass(
+    model: LatentRAG, reqs: list[LatentRequest], group: TokenGroup | None = None
+) -> tuple[list[LatentRequest], int]:
+    """Pick every answering request's next token and feed it, in one forward pass (in
+    ``group``'s preallocated cache, if given).
 
     Returns:
         The requests whose answer ended (on a stop token or the length cap), and the number
@@ -218,8 +222,12 @@ def token_pass(model: LatentRAG, reqs: list[LatentRequest]) -> tuple[list[Latent
             r.fed += 1
         feeding.append(r)
         chunks.append(chunk)
+    if group is not None:
+        for r in ended:
+            if r in group:
+                group.release(r, keep_cache=False)
     if feeding:
-        _feed_tokens(model, feeding, chunks)
+        _feed_tokens(model, feeding, chunks, group)
     return ended, len(feeding)
 
 
@@ -239,13 +247,22 @@ def _pick(model: LatentRAG, reqs: list[LatentRequest]) -> dict[int, int]:
     return {id(r): p for r, p in zip(reqs, picks)}
 
 
-def _feed_tokens(model: LatentRAG, reqs: list[LatentRequest], chunks: list[list[int]]) -> None:
+def _feed_tokens(
+    model: LatentRAG,
+    reqs: list[LatentRequest],
+    chunks: list[list[int]],
+    group: TokenGroup | None,
+) -> None:
     t0 = time.perf_counter()
     with torch.inference_mode():
-        ctx = _context(model, reqs, 1)
-        logits = ctx.logits(ctx.feed(chunks, keep=1)[:, -1])  # (B, V)
-        for r, kv, row in zip(reqs, split(ctx), logits):
-            r.kv, r.logits = kv, row
+        if group is not None:
+            group.hold(reqs)
+            group.feed({id(r): c[0] for r, c in zip(reqs, chunks)})
+        else:
+            ctx = _context(model, reqs, 1)
+            logits = ctx.logits(ctx.feed(chunks, keep=1)[:, -1])  # (B, V)
+            for r, kv, row in zip(reqs, split(ctx), logits):
+                r.kv, r.logits = kv, row
     ms = elapsed_ms(t0, model.device)
     for r in reqs:
         r.took_part("answer", ms, len(reqs))

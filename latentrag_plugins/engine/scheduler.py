@@ -23,6 +23,7 @@ from .events import Event, StepEvent, ThoughtEvent
 from .passes import plan_step, step_pass, token_pass
 from .prompt import question_prompt
 from .request import LatentRequest, PassStats, Phase, RequestOptions, SearchJob, piece_sink
+from .token_group import TokenGroup
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -39,6 +40,7 @@ class LatentScheduler:
         self.model = model
         self.requests: list[LatentRequest] = []
         self.stats = PassStats()
+        self.group = TokenGroup(model.llm, model.ids.pad)
 
     def new_requests(
         self,
@@ -70,6 +72,8 @@ class LatentScheduler:
         """Drop a request (cancelled or failed) and its cache."""
         if request in self.requests:
             self.requests.remove(request)
+        if request in self.group:
+            self.group.release(request, keep_cache=False)
         request.kv = type(request.kv)()
         request.phase = Phase.DONE
 
@@ -88,7 +92,8 @@ class LatentScheduler:
             answering = [r for r in self.requests if r.phase is Phase.GENERATE]
             ended: list[LatentRequest] = []
             if answering:
-                ended, fed = token_pass(self.model, answering)
+                group = self.group if TokenGroup.applies(self.model.llm) else None
+                ended, fed = token_pass(self.model, answering, group)
                 if fed:
                     self.stats.count(fed)
             for r in ended:
