@@ -136,6 +136,7 @@ class ConcurrencyConfig:
     rounds: int = 2  # questions per client per level
     model: str | None = None  # "demo": the shipped models on their world; None: random shape
     shape: str = "tiny"  # random-weight LLM shape (without ``model``)
+    retriever: str = "minilm"  # "minilm" or "qwen3-emb-0.6b" (random weights; without ``model``)
     corpus_size: int = 100_000  # synthetic documents (without ``model``)
     steps: int = 2  # forced retrieval steps (without ``model``)
     device: str | None = None
@@ -210,7 +211,8 @@ def _shape(cfg: ConcurrencyConfig) -> tuple[list[Method], dict[str, Any]]:
 
     need = max(cfg.levels) * cfg.rounds
     bench = BenchConfig(
-        shape=cfg.shape, corpus_size=cfg.corpus_size, questions=need, steps=cfg.steps,
+        shape=cfg.shape, retriever=cfg.retriever, corpus_size=cfg.corpus_size, questions=need,
+        steps=cfg.steps,
         batches=(), device=cfg.device, dtype=cfg.dtype, seed=cfg.seed, warmup=0,
         show_progress=cfg.show_progress,
     )  # fmt: skip
@@ -235,6 +237,7 @@ def _shape(cfg: ConcurrencyConfig) -> tuple[list[Method], dict[str, Any]]:
     ]  # fmt: skip
     meta = {
         "shape": cfg.shape,
+        "retriever": cfg.retriever,
         "corpus_size": cfg.corpus_size,
         "steps": cfg.steps,
         "dtype": precision_name(model),

@@ -164,7 +164,7 @@ def _run_concurrency(args: argparse.Namespace) -> int:
         raise ValueError("--plot is for the latency bench; leave it out with --concurrency")
     cfg = ConcurrencyConfig(
         levels=args.concurrency, rounds=args.rounds, model=args.model, shape=args.shape,
-        corpus_size=args.corpus_size, steps=args.steps, device=args.device, dtype=args.dtype,
+        retriever=args.retriever, corpus_size=args.corpus_size, steps=args.steps, device=args.device, dtype=args.dtype,
         threads=args.threads, seed=args.seed,
     )  # fmt: skip
     rep = run_concurrency(cfg)
