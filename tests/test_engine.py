@@ -319,3 +319,9 @@ def test_the_token_group_computes_what_assembled_passes_compute(model):
         assert g.kv.tokens == a.kv.tokens and g.kv.pos == a.kv.pos
         for x, y in zip(g.kv.keys + g.kv.values, a.kv.keys + a.kv.values):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_warmup_runs_every_kind_of_pass_and_leaves_nothing(model, engine):
+    engine.warmup()
+    assert engine.stats.passes >= 3  # two step passes and answer tokens
+    _assert_nothing_left(engine)

@@ -40,6 +40,8 @@ class ExplicitScheduler:
         self.agent = agent
         self.requests: list[ExplicitRequest] = []
         self.stats = PassStats()
+        # a short forced search turn, then a short answer turn: every kind of pass, quickly
+        self.warmup_options = {"max_turns": 1, "force": [ExplicitForce((8, 8), (6,), 4)]}
         self.group = TokenGroup(agent.llm, agent.pad_id)
         self._templates: dict[bool, ForceTemplate] = {}
 

@@ -221,6 +221,8 @@ def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
 
     t_build = time.perf_counter()
     setup = setup or build(cfg)
+    setup.model.engine.warmup()  # one-off costs before anything is timed
+    setup.explicit.engine.warmup()
     build_s = time.perf_counter() - t_build
     per: dict[str, list[Any]] = {m: [] for m in METHODS}
     wall: dict[str, list[float]] = {m: [] for m in METHODS}

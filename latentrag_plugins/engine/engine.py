@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import LatentRAGError
+from ..results import RetrievedDoc
 from .config import EngineConfig
 from .handle import RequestCancelled, RequestHandle
 from .request import PassStats, Phase, Request, SearchJob
@@ -43,6 +44,7 @@ class Scheduler(Protocol):
 
     requests: list[Any]  # the requests in flight
     stats: PassStats  # the passes run so far
+    warmup_options: dict[str, Any]  # what a warm-up request runs (one retrieval, an answer)
 
     def new_requests(
         self,
@@ -168,6 +170,12 @@ class Engine:
             self._start()
             self._cond.notify()
         return handles
+
+    def warmup(self) -> None:
+        """Pay the one-off costs (kernel choices for new shapes, packed weights, caches) before
+        the first real request: one request over a made-up document goes through every kind
+        of pass. Servers call it at start; ``latentrag eval``, ``bench`` and ``demo`` do too."""
+        self.submit(_WARMUP_QUESTION, _warmup_search, **self._scheduler.warmup_options).result()
 
     @property
     def stats(self) -> PassStats:
@@ -400,3 +408,12 @@ def _query(job: SearchJob) -> SearchQuery:
     req = job.request
     subquery = req.steps[-1].subquery if req.steps else None
     return SearchQuery(job.embedding, job.k, job.step, req.question, subquery)
+
+
+_WARMUP_QUESTION = "Which river flows through the city where the author of the first book was born?"
+_WARMUP_TEXT = "A made-up document.\n" + "The river flows through the old city by the sea. " * 8
+
+
+def _warmup_search(query: SearchQuery) -> list[RetrievedDoc]:
+    """Made-up documents for :meth:`Engine.warmup`."""
+    return [RetrievedDoc(id=f"warmup-{i}", text=_WARMUP_TEXT, score=1.0) for i in range(query.k)]

@@ -40,6 +40,7 @@ class LatentScheduler:
         self.model = model
         self.requests: list[LatentRequest] = []
         self.stats = PassStats()
+        self.warmup_options = {"min_steps": 1, "max_steps": 1}
         self.group = TokenGroup(model.llm, model.ids.pad)
 
     def new_requests(
