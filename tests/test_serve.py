@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import subprocess
 import sys
 import threading
@@ -286,6 +287,8 @@ def test_a_service_that_is_down_or_slow_gives_a_clear_error(served):
             down.health()
         with pytest.raises(ServiceUnavailable, match=url):
             down.submit(Q).result()
+    with pytest.raises(RuntimeError, match="closed"):
+        down.submit(Q)
     service, marked, url = served
     marked.block()
     with (
@@ -371,3 +374,23 @@ def test_store_factories_give_faiss_langchain_and_llama_index_searches(model, st
         assert all(d.metadata["source"] == f"corpus/{d.id}" for s in got.steps for d in s.docs)
     with pytest.raises(StoreError, match="not a store"):
         store_search(object(), model)
+
+
+# ---------------------------------------------------------------------------------- load test
+def test_the_load_test_counts_answers_and_checks_them(served, model, store, capsys):
+    from latentrag_plugins.serve.loadtest import main, run_load, table
+
+    want = model.run(Q, store, min_steps=1).answer
+    ends = []
+    report = run_load(
+        served[2], [Q], requests=8, concurrency=4, expected={Q: want}, endpoint="both",
+        options={"min_steps": 1}, on_answer=ends.append,
+    )  # fmt: skip
+    assert (report.answered, report.errors, report.mismatches, ends) == (8, {}, 0, [*range(1, 9)])
+    assert report.requests_per_s > 0 and report.percentile_ms(50) <= report.percentile_ms(95)
+    wrong = run_load(served[2], [Q], requests=2, concurrency=2, expected={Q: want + "!"})
+    assert wrong.mismatches == 2 and "| ? | 2 | 2 |" in table([wrong])
+    args = ["--url", served[2], "--no-check", "--requests", "4", "--concurrency", "2", "--json"]
+    assert main(args) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["answered"] == 4 and summary["errors"] == {}

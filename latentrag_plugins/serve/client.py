@@ -171,7 +171,8 @@ class RemoteLatentRAG:
             future.cancel()  # a no-op once done
 
     def close(self) -> None:
-        """Close the connections and stop the background thread (requests in flight fail)."""
+        """Close the connections and stop the background thread (requests in flight fail; new
+        ones raise RuntimeError)."""
         self._finalizer()
 
     def __enter__(self) -> RemoteLatentRAG:
@@ -280,10 +281,14 @@ class _IOThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: Any = None
+        self._closed = False
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run ``coro`` on the I/O loop; its future, cancellable from any thread."""
         with self._lock:
+            if self._closed:
+                coro.close()
+                raise RuntimeError("the RemoteLatentRAG client is closed")
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
@@ -306,7 +311,7 @@ class _IOThread:
 
     def close(self) -> None:
         with self._lock:
-            loop, thread, self._loop = self._loop, self._thread, None
+            loop, thread, self._loop, self._closed = self._loop, self._thread, None, True
         if loop is None or thread is None:
             return
         if self._client is not None:

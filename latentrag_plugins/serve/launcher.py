@@ -60,12 +60,13 @@ def launch(
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
-def connect(config: ServeConfig, address: str | None = None) -> None:
+def connect(config: ServeConfig, address: str | None = None, **init_options: Any) -> None:
     """Connect this process to Ray, unless it is: to ``address`` (None: ``RAY_ADDRESS``, else a
-    new local instance), where a store factory's module in the working directory imports."""
+    new local instance), where a store factory's module in the working directory imports.
+    ``init_options`` go to ``ray.init``."""
     ray = require("ray", "serve", "the LatentRAG service")
     if not ray.is_initialized():
-        ray.init(address=address, runtime_env=_importable_here(config))
+        ray.init(address=address, runtime_env=_importable_here(config), **init_options)
 
 
 def stop(name: str = APP_NAME, *, disconnect: bool = True) -> None:
@@ -73,6 +74,7 @@ def stop(name: str = APP_NAME, *, disconnect: bool = True) -> None:
     leave Ray (a local instance this process started stops)."""
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     if not ray.is_initialized():
         return
@@ -80,6 +82,8 @@ def stop(name: str = APP_NAME, *, disconnect: bool = True) -> None:
         serve.delete(name)
         if not serve.status().applications:
             serve.shutdown()
+    except RayServeException:  # Ray Serve did not start: nothing to stop
+        pass
     finally:
         if disconnect:
             ray.shutdown()

@@ -160,12 +160,21 @@ async def _load(
 # ---------------------------------------------------------------------- the command
 def main(argv: list[str] | None = None) -> int:
     """``python -m latentrag_plugins.serve.loadtest``: print the figures per replica count."""
-    args = _parser().parse_args(argv)
-    questions = _questions(args.questions)
-    if args.url:
-        reports = [_measure(args, args.url, questions, None, None)]
-    else:
-        reports = _local(args, questions)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.index is None and args.model != "demo" and not (args.url and args.no_check):
+        parser.error("give --index, the index the service searches (or --no-check with --url)")
+    questions = _questions(args.questions)[: args.requests]
+    with tempfile.TemporaryDirectory() as tmp:
+        from ..cli.common import load_model
+
+        model = None if args.url and args.no_check else load_model(args.model)
+        index = args.index or (model and _demo_index(model, tmp))
+        expected = None if args.no_check else _expected(model, index, questions)
+        if args.url:
+            reports = [_measure(args, args.url, questions, expected, None)]
+        else:
+            reports = _local(args, index, questions, expected)
     if args.json:
         print(json.dumps([r.summary() for r in reports], indent=2))
     else:
@@ -194,7 +203,9 @@ def _parser() -> argparse.ArgumentParser:
         "local Ray instance for each --replicas count.",
     )
     p.add_argument("--url", help="A running service (default: start one per --replicas).")
-    p.add_argument("--model", default="demo", help="Checkpoint (default: the demo model).")
+    p.add_argument(
+        "--model", default="demo", help="Checkpoint served, run here to check the answers (demo)."
+    )
     p.add_argument("--index", help="FAISS index directory (default: the demo corpus' index).")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="Default: 1 2.")
     p.add_argument("--requests", type=int, default=200, help="Requests per run (default 200).")
@@ -223,7 +234,6 @@ def _measure(
     expected: Mapping[str, str] | None,
     replicas: int | None,
 ) -> LoadReport:
-    questions = questions[: args.requests]
     run_load(url, questions, requests=args.concurrency, concurrency=args.concurrency)  # warm up
     bar = _progress(args.requests, f"{replicas or '?'} replica(s)")
     report = run_load(
@@ -235,28 +245,31 @@ def _measure(
     return report
 
 
-def _local(args: argparse.Namespace, questions: list[str]) -> list[LoadReport]:
-    """Serve the model on local Ray for each replica count and measure it."""
-    from ..cli.common import load_index, load_model
-    from .config import ServeConfig
-    from .launcher import launch, stop
+def _expected(model: Any, index: str, questions: list[str]) -> dict[str, str]:
+    """The answer of each question by ``model`` run here, over ``index``."""
+    from ..cli.common import load_index
 
-    model = load_model(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        index = args.index or _demo_index(model, tmp)
-        questions = questions[: args.requests]
-        expected = None
-        if not args.no_check:
-            store = load_index(index, model)
-            expected = {q: model.run(q, store).answer for q in dict.fromkeys(questions)}
-        reports = []
-        try:
-            for n in args.replicas:
-                config = ServeConfig(model=args.model, index=index, replicas=n)
-                url = launch(config, port=args.port)
-                reports.append(_measure(args, url, questions, expected, n))
-        finally:
-            stop()
+    store = load_index(index, model)
+    unique = list(dict.fromkeys(questions))
+    return {q: r.answer for q, r in zip(unique, model.run_batch(unique, store))}
+
+
+def _local(
+    args: argparse.Namespace, index: str, questions: list[str], expected: Mapping[str, str] | None
+) -> list[LoadReport]:
+    """Serve the model on local Ray for each replica count and measure it."""
+    from .config import ServeConfig
+    from .launcher import connect, launch, stop
+
+    reports = []
+    try:
+        for n in args.replicas:
+            config = ServeConfig(model=args.model, index=index, replicas=n)
+            connect(config, log_to_driver=False)  # no access log of every request here
+            url = launch(config, port=args.port)
+            reports.append(_measure(args, url, questions, expected, n))
+    finally:
+        stop()
     return reports
 
 

@@ -30,8 +30,8 @@ NDJSON = "application/x-ndjson"
 
 
 class AskRequest(BaseModel):
-    """The body of ``POST /v1/ask`` and ``POST /v1/ask/stream``: a question and its options
-    (unset options take the served model's defaults, as ``LatentRAG.run``)."""
+    """The body of POST /v1/ask and POST /v1/ask/stream: a question and its options (unset
+    options take the served model's defaults, as in LatentRAG.run)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
