@@ -16,7 +16,12 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from latentrag_plugins.engine import RequestCancelled, StepEvent  # noqa: E402
-from latentrag_plugins.serve import RemoteLatentRAG, ServeConfig, ServiceError  # noqa: E402
+from latentrag_plugins.serve import (  # noqa: E402
+    RemoteLatentRAG,
+    ServeConfig,
+    ServiceError,
+    ServiceStartError,
+)
 from latentrag_plugins.serve.launcher import launch, stop  # noqa: E402
 from latentrag_plugins.serve.loadtest import run_load  # noqa: E402
 from tests.conftest import trace  # noqa: E402
@@ -148,6 +153,22 @@ def test_a_store_failure_fails_that_request_alone_on_ray(service, expected):
         assert trace([fine.result()]) == trace([expected[q]])
 
 
+def test_a_replica_that_cannot_start_says_why(service, tmp_path):
+    (tmp_path / "manifest.json").write_text('{"encoder_id": "other"}')
+    broken = service[0].model_copy(
+        update={"store_factory": None, "index": str(tmp_path), "num_cpus": 0.5}
+    )
+    port = int(service[1].rsplit(":", 1)[1])
+    try:
+        with pytest.raises(ServiceStartError, match=r"did not start: StoreError: .*manifest"):
+            launch(
+                broken, port=port, name="broken", route_prefix="/broken",
+                max_constructor_retry_count=1,
+            )  # fmt: skip
+    finally:
+        serve.delete("broken")
+
+
 def replica_pids(client: RemoteLatentRAG, checks: int = 20) -> set[int]:
     """The replicas that answered some health checks (Ray spreads them over the replicas)."""
     pids = set()
@@ -162,10 +183,10 @@ def test_two_replicas_answer_a_load_as_the_local_model(service, expected):
     launch(config.model_copy(update={"replicas": 2}), port=int(url.rsplit(":", 1)[1]))
     answers = {q: r.answer for q, r in expected.items()}
     report = run_load(
-        url, QUESTIONS, requests=64, concurrency=16, expected=answers, endpoint="both",
+        url, QUESTIONS, requests=48, concurrency=16, expected=answers, endpoint="both",
         options=OPTIONS,
     )  # fmt: skip
-    assert (report.errors, report.mismatches, report.answered) == ({}, 0, 64)
+    assert (report.errors, report.mismatches, report.answered) == ({}, 0, 48)
     with RemoteLatentRAG(url) as client:
         wait_until(lambda: len(replica_pids(client)) == 2, "both replicas answer")
 
@@ -184,10 +205,10 @@ def test_a_killed_replica_loses_no_request_and_comes_back(service, expected):
                 os.kill(victim, signal.SIGKILL)
 
         report = run_load(
-            url, QUESTIONS, requests=64, concurrency=16, expected=answers, endpoint="both",
+            url, QUESTIONS, requests=48, concurrency=16, expected=answers, endpoint="both",
             options=OPTIONS, on_answer=on_answer,
         )  # fmt: skip
-        assert report.answered + sum(report.errors.values()) == 64 and report.answered >= 8
+        assert report.answered + sum(report.errors.values()) == 48 and report.answered >= 8
         assert report.mismatches == 0
         assert all(e.startswith("Service") and url in e for e in report.errors), report.errors
         back = wait_until(

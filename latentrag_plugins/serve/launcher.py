@@ -4,6 +4,7 @@ that ``address`` (or ``RAY_ADDRESS``) names. ``latentrag serve`` and the load te
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -25,6 +26,7 @@ def launch(
     port: int = 8000,
     address: str | None = None,
     name: str = APP_NAME,
+    route_prefix: str = "/",
     **options: Any,
 ) -> str:
     """Serve ``config`` on Ray Serve and wait until every replica is ready.
@@ -39,6 +41,7 @@ def launch(
         port: Its port.
         address: The Ray cluster (None: ``RAY_ADDRESS``, else a new local instance).
         name: The application's name in Ray Serve.
+        route_prefix: Where its API is (``/``: ``/v1/ask``, ``/health``, ...).
         **options: Ray Serve deployment options (see :func:`~.deployment.build_app`).
 
     Returns:
@@ -54,10 +57,14 @@ def launch(
     connect(config, address)
     serve.start(http_options={"host": host, "port": port})
     try:
-        serve.run(build_app(config, **options), name=name, route_prefix="/")
+        serve.run(build_app(config, **options), name=name, route_prefix=route_prefix)
     except RuntimeError as exc:
-        raise ServiceStartError(f"the service did not start: {_last_error(exc)}") from exc
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        raise ServiceStartError(f"the service did not start: {_why(name, exc)}") from exc
+    return (
+        f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}{route_prefix}".rstrip(
+            "/"
+        )
+    )
 
 
 def connect(config: ServeConfig, address: str | None = None, **init_options: Any) -> None:
@@ -100,8 +107,19 @@ def _importable_here(config: ServeConfig) -> dict[str, Any] | None:
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}}
 
 
-def _last_error(exc: BaseException) -> str:
-    """The last line of a replica's traceback that names an error (Ray quotes the whole one)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error:" in ln or "Exception:" in ln]
-    return (errors or lines or [type(exc).__name__])[-1][:500]
+def _why(name: str, exc: BaseException) -> str:
+    """Why the application did not start: the last error of its replicas' tracebacks (Ray
+    Serve's own exception only says that it failed)."""
+    from ray import serve
+
+    try:
+        status = serve.status().applications[name]
+        text = "\n".join(
+            [str(exc), status.message, *(d.message for d in status.deployments.values())]
+        )
+    except Exception:  # Serve is gone too: its exception is all there is
+        text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception): ", ln)]
+    last = (errors or lines or [type(exc).__name__])[-1]
+    return re.sub(r"^(\w+\.)+(?=\w+: )", "", last)[:1000]  # StoreError: ..., not a.b.StoreError
