@@ -7,9 +7,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import add_device_arg, add_dtype_arg, add_model_arg, positive_int
+
+if TYPE_CHECKING:
+    from ..serve.config import ServeConfig
 
 # Defaults shown in --help; ServeConfig holds them (tests check that they agree).
 MAX_BATCH = 32
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.config import ServeConfig
 
     given = {
-        "model": args.model, "index": args.index, "store_factory": args.store_factory,
+        "model": _absolute(args.model), "index": _absolute(args.index),
+        "store_factory": args.store_factory,
         "replicas": args.replicas, "max_batch": args.max_batch, "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus, "device": args.device, "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
@@ -99,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _absolute(path: str | None) -> str | None:
+    """An existing local path made absolute (replicas run elsewhere); others as given."""
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
+
+
 def _restore_sigterm(handler: Any) -> None:
     """Put back the SIGTERM handler that Ray replaced (``latentrag``'s: a termination stops the
     service as an interrupt does)."""
@@ -106,7 +115,7 @@ def _restore_sigterm(handler: Any) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def check_sources(config: Any) -> None:
+def check_sources(config: ServeConfig) -> None:
     """Before starting Ray: the checkpoint, the index directory and the factory exist.
 
     Raises:

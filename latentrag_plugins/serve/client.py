@@ -93,6 +93,7 @@ class RemoteLatentRAG:
         self._io = _IOThread(self)
         self._finalizer = weakref.finalize(self, self._io.close)
         self._info: dict[str, Any] | None = None
+        self._config: LatentRAGConfig | None = None
 
     # ------------------------------------------------------------------ what it serves
     def health(self) -> dict[str, Any]:
@@ -123,9 +124,11 @@ class RemoteLatentRAG:
     @property
     def config(self) -> LatentRAGConfig:
         """The served model's config (read from ``/health`` once)."""
-        from ..config import LatentRAGConfig
+        if self._config is None:
+            from ..config import LatentRAGConfig
 
-        return LatentRAGConfig.from_dict(self._served()["model"]["config"])
+            self._config = LatentRAGConfig.from_dict(self._served()["model"]["config"])
+        return self._config
 
     # ------------------------------------------------------------------ requests
     def submit(self, question: str, **options: Any) -> RequestHandle:
@@ -140,7 +143,7 @@ class RemoteLatentRAG:
         Raises:
             ValueError: An empty question, or an unknown or bad option (nothing is sent).
         """
-        body = ask_request({"question": question, **options}).model_dump(exclude_defaults=True)
+        body = _body(question, options)
         handle = RequestHandle()
         future = self._io.run(self._stream(handle, body))
 
@@ -160,11 +163,11 @@ class RemoteLatentRAG:
             ServiceUnavailable: The service is down, timed out, full or stopping.
             ServiceError: Any other error answer (502: its store failed).
         """
-        return self._io.run(self._ask(question, options)).result()
+        return self._io.run(self._ask(_body(question, options))).result()
 
     async def aask(self, question: str, **options: Any) -> LatentRAGResult:
         """Async :meth:`ask`, on any event loop; cancelling it closes the request."""
-        future = self._io.run(self._ask(question, options))
+        future = self._io.run(self._ask(_body(question, options)))
         try:
             return await asyncio.wrap_future(future)
         finally:
@@ -193,8 +196,7 @@ class RemoteLatentRAG:
         self.__init__(url, **state)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ on the I/O thread
-    async def _ask(self, question: str, options: dict[str, Any]) -> LatentRAGResult:
-        body = ask_request({"question": question, **options}).model_dump(exclude_defaults=True)
+    async def _ask(self, body: dict[str, Any]) -> LatentRAGResult:
         data = await self._call("POST", "/v1/ask", json=body)
         try:
             return parse_result(data)
@@ -269,6 +271,11 @@ class RemoteLatentRAG:
         return ServiceError(
             f"the answer is not LatentRAG's API ({type(exc).__name__}: {exc})", url=self.url
         )
+
+
+def _body(question: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A request's JSON body, checked as the service checks it (ValueError: one line)."""
+    return ask_request({"question": question, **options}).model_dump(exclude_defaults=True)
 
 
 class _IOThread:

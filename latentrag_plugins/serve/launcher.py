@@ -48,15 +48,16 @@ def launch(
         The service's URL.
 
     Raises:
-        ServiceStartError: A replica failed to start (the message says why).
+        ServiceStartError: A replica or the HTTP proxy failed to start (the message says why,
+            e.g. a store that does not match the model, or a port in use).
     """
     from ray import serve
 
     from .deployment import build_app
 
     connect(config, address)
-    serve.start(http_options={"host": host, "port": port})
     try:
+        serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(config, **options), name=name, route_prefix=route_prefix)
     except RuntimeError as exc:
         raise ServiceStartError(f"the service did not start: {_why(name, exc)}") from exc
