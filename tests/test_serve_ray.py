@@ -21,6 +21,7 @@ from latentrag_plugins.serve import (  # noqa: E402
     ServeConfig,
     ServiceError,
     ServiceStartError,
+    ServiceUnavailable,
 )
 from latentrag_plugins.serve.launcher import launch, stop  # noqa: E402
 from latentrag_plugins.serve.loadtest import run_load  # noqa: E402
@@ -167,6 +168,21 @@ def test_a_replica_that_cannot_start_says_why(service, tmp_path):
             )  # fmt: skip
     finally:
         serve.delete("broken")
+    with (
+        RemoteLatentRAG(f"{service[1]}/broken") as client,
+        pytest.raises(ServiceUnavailable, match="no LatentRAG API at this URL"),
+    ):
+        client.health()
+
+
+def test_the_application_takes_ray_serve_options():
+    from latentrag_plugins.serve import app_builder, build_app
+
+    config = ServeConfig(model="m", index="i", replicas=3)
+    autoscaled = build_app(config, autoscaling_config={"min_replicas": 1, "max_replicas": 4})
+    assert type(autoscaled) is type(app_builder({"model": "m", "index": "i", "replicas": "2"}))
+    with pytest.raises(ValueError, match="exactly one"):
+        app_builder({"model": "m"})
 
 
 def replica_pids(client: RemoteLatentRAG, checks: int = 20) -> set[int]:

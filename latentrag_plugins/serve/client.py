@@ -47,7 +47,8 @@ class ServiceError(LatentRAGError):
 
 
 class ServiceUnavailable(ServiceError):
-    """The service could not be reached, did not answer in time, or is full or stopping (503)."""
+    """The service could not be reached, did not answer in time, is full or stopping (503), or
+    is not deployed at this URL yet (404)."""
 
 
 class ServiceRequestError(ServiceError, ValueError):
@@ -57,9 +58,11 @@ class ServiceRequestError(ServiceError, ValueError):
 
 def service_error(url: str, status: int, message: str) -> ServiceError:
     """The error for an error answer of the service."""
-    if 400 <= status < 500:
+    if status == 404:  # Ray Serve's proxy, while the application deploys (or a wrong URL)
+        message += " (no LatentRAG API at this URL yet: is the service deployed there?)"
+    if 400 <= status < 500 and status != 404:
         return ServiceRequestError(message, url=url, status=status)
-    cls = ServiceUnavailable if status == 503 else ServiceError
+    cls = ServiceUnavailable if status in (404, 503) else ServiceError
     return cls(message, url=url, status=status)
 
 
@@ -255,8 +258,10 @@ class RemoteLatentRAG:
     def _answer_error(self, status: int, text: str) -> ServiceError:
         try:
             message = str(json.loads(text)["message"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # not the API's error: Ray Serve's proxy's
             message = text.strip()[:500] or "(no message)"
+            if status >= 500:
+                message += " (from Ray Serve, not a replica: did the replica stop?)"
         return service_error(self.url, status, message)
 
     def _transport_error(self, exc: Exception) -> ServiceError:

@@ -51,7 +51,8 @@ def build_app(config: ServeConfig, **options: Any) -> Any:
     Args:
         config: What to serve, and the replicas' count and resources.
         **options: Ray Serve deployment options that replace the config's (``num_replicas``,
-            ``ray_actor_options``, ``autoscaling_config``, ``max_ongoing_requests``, ...).
+            ``ray_actor_options``, ``max_ongoing_requests``, ...); with ``autoscaling_config``,
+            the autoscaler sets the replicas.
 
     Returns:
         The application, for ``serve.run(app, route_prefix="/")``.
@@ -62,6 +63,8 @@ def build_app(config: ServeConfig, **options: Any) -> Any:
         "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
         **options,
     }
+    if "autoscaling_config" in options and "num_replicas" not in options:
+        del deployment_options["num_replicas"]  # the autoscaler decides
     return LatentRAGDeployment.options(**deployment_options).bind(config.model_dump())
 
 
