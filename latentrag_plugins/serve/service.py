@@ -43,6 +43,7 @@ class Service:
         self.model = model if model is not None else _load_model(config)
         self.engine = self.model.set_engine(max_batch=config.max_batch, max_queue=config.max_queue)
         self.store = store if store is not None else load_store(config, self.model)
+        self.engine.warmup()  # one-off costs before the first request, not in it
 
     def submit(self, request: AskRequest) -> RequestHandle:
         """Send a request to the engine; returns its handle at once.
@@ -85,7 +86,8 @@ class Service:
                 "max_batch": engine.max_batch,
                 "max_queue": engine.max_queue,
                 "in_flight": load,
-            },  # fmt: skip
+                "mean_batch": round(self.engine.stats.mean_batch, 2),
+            },
             "replica": {"pid": os.getpid()},
         }
 
