@@ -35,44 +35,59 @@ _STREAM = {
 }
 
 
+INFO = {
+    "title": "LatentRAG",
+    "version": __version__,
+    "description": "Agentic RAG that reasons and retrieves in latent space.",
+}
+_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": AskRequest.model_json_schema()}}}}  # fmt: skip
+ASK_ROUTE = {
+    "responses": {200: {"model": LatentRAGResult}, 400: _ERROR, 502: _ERROR, 503: _ERROR},
+    "summary": "Answer a question.",
+    "openapi_extra": _BODY,
+}
+STREAM_ROUTE = {
+    "responses": {200: _STREAM, 400: _ERROR, 503: _ERROR},
+    "summary": "Answer a question, streaming its steps, thoughts and answer tokens.",
+    "openapi_extra": _BODY,
+}
+HEALTH_ROUTE = {"summary": "The replica's state, model, encoder and store."}
+
+
+async def ask(service: Service, request: Request) -> Response:
+    """``POST /v1/ask``."""
+    try:
+        result = await service.submit(await read_request(request)).aresult()
+    except Exception as exc:
+        return error_response(*error_status(exc))
+    return Response(result_json(result), media_type="application/json")
+
+
+async def ask_stream(service: Service, request: Request) -> Response:
+    """``POST /v1/ask/stream``."""
+    try:
+        handle = service.submit(await read_request(request))
+    except Exception as exc:
+        return error_response(*error_status(exc))
+    return StreamingResponse(service.stream(handle), media_type=NDJSON)
+
+
 def make_api(service: Service) -> FastAPI:
-    """The FastAPI app that serves ``service``."""
-    app = FastAPI(
-        title="LatentRAG",
-        version=__version__,
-        description="Agentic RAG that reasons and retrieves in latent space.",
-    )
-    body_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": AskRequest.model_json_schema()}}}}  # fmt: skip
+    """The API of ``service`` as a FastAPI app of its own (for any ASGI server; each Ray Serve
+    replica serves the same routes)."""
+    app = FastAPI(**INFO)
 
-    @app.post(
-        "/v1/ask",
-        responses={200: {"model": LatentRAGResult}, 400: _ERROR, 502: _ERROR, 503: _ERROR},
-        summary="Answer a question.",
-        openapi_extra=body_schema,
-    )
-    async def ask(request: Request) -> Response:
-        try:
-            result = await service.submit(await read_request(request)).aresult()
-        except Exception as exc:
-            return error_response(*error_status(exc))
-        return Response(result_json(result), media_type="application/json")
+    @app.post("/v1/ask", **ASK_ROUTE)
+    async def ask_route(request: Request) -> Response:
+        return await ask(service, request)
 
-    @app.post(
-        "/v1/ask/stream",
-        responses={200: _STREAM, 400: _ERROR, 503: _ERROR},
-        summary="Answer a question, streaming its steps, thoughts and answer tokens.",
-        openapi_extra=body_schema,
-    )
-    async def ask_stream(request: Request) -> Response:
-        try:
-            handle = service.submit(await read_request(request))
-        except Exception as exc:
-            return error_response(*error_status(exc))
-        return StreamingResponse(service.stream(handle), media_type=NDJSON)
+    @app.post("/v1/ask/stream", **STREAM_ROUTE)
+    async def ask_stream_route(request: Request) -> Response:
+        return await ask_stream(service, request)
 
-    @app.get("/health", summary="The replica's state, model, encoder and store.")
-    async def health() -> dict[str, Any]:
+    @app.get("/health", **HEALTH_ROUTE)
+    async def health_route() -> dict[str, Any]:
         return service.health()
 
     return app

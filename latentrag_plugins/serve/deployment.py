@@ -7,21 +7,27 @@ the model and the store, and serve the HTTP API with the model's engine.
     serve run latentrag_plugins.serve.deployment:app_builder model=demo index=./index
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the routes' real annotations
+# (a string "Request" would become a query parameter).
 from typing import Any
 
 from ..extras import require
 
 serve = require("ray.serve", "serve", "the LatentRAG service")
 
+from fastapi import FastAPI, Request, Response  # noqa: E402
+
+from . import api  # noqa: E402
 from .config import ServeConfig  # noqa: E402
 
 DEPLOYMENT_NAME = "LatentRAG"
 
 
+app = FastAPI(**api.INFO)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
-@serve.ingress()
+@serve.ingress(app)
 class LatentRAGDeployment:
     """A replica: a :class:`~.service.Service` behind the HTTP API of :mod:`.api`.
 
@@ -34,10 +40,17 @@ class LatentRAGDeployment:
 
         self.service = Service(ServeConfig.model_validate(config))
 
-    def __serve_build_asgi_app__(self) -> Any:
-        from .api import make_api
+    @app.post("/v1/ask", **api.ASK_ROUTE)
+    async def ask(self, request: Request) -> Response:
+        return await api.ask(self.service, request)
 
-        return make_api(self.service)
+    @app.post("/v1/ask/stream", **api.STREAM_ROUTE)
+    async def ask_stream(self, request: Request) -> Response:
+        return await api.ask_stream(self.service, request)
+
+    @app.get("/health", **api.HEALTH_ROUTE)
+    async def health(self) -> dict[str, Any]:
+        return self.service.health()
 
     def __del__(self) -> None:  # Ray Serve stops the replica: cancel what is left
         service = getattr(self, "service", None)
