@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "init": "cmd_init",
     "index": "cmd_index",
     "ask": "cmd_ask",
+    "collect": "cmd_collect",
     "import-trajectories": "cmd_import_trajectories",
     "prepare": "cmd_prepare",
     "train": "cmd_train",
