@@ -325,3 +325,23 @@ def test_warmup_runs_every_kind_of_pass_and_leaves_nothing(model, engine):
     engine.warmup()
     assert engine.stats.passes >= 3  # two step passes and answer tokens
     _assert_nothing_left(engine)
+
+
+def test_passes_run_with_the_engines_thread_count(model, store):
+    """torch's thread count is per OS thread: the engine's thread, which runs every pass, takes
+    its own setting (here 2; by default the library's, one on small machines)."""
+    import torch
+
+    seen: list[int] = []
+    hook = model.llm.get_output_embeddings().register_forward_hook(
+        lambda *a: seen.append(torch.get_num_threads())
+    )
+    engine = Engine(model, threads=2)
+    try:
+        engine.submit(QS[0], StoreSearch(store)).result(30)
+        engine.config.threads = 1
+        engine.submit(QS[0], StoreSearch(store)).result(30)
+    finally:
+        hook.remove()
+        engine.close()
+    assert seen[0] == 2 and seen[-1] == 1

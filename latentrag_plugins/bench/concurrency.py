@@ -161,6 +161,8 @@ def run_concurrency(cfg: ConcurrencyConfig) -> dict[str, Any]:
         torch.set_num_threads(want)
     try:
         methods, meta = (_demo if cfg.model == "demo" else _shape)(cfg)
+        for m in methods:
+            m.engine.config.threads = torch.get_num_threads()  # the passes run in its thread
         report = run_levels(methods, cfg.levels, rounds=cfg.rounds, show_progress=cfg.show_progress)
         return {
             **meta,

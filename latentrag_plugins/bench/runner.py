@@ -217,12 +217,15 @@ def _faiss_or_none() -> Any:
 
 
 def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
+    import torch
+
     from ..precision import precision_name
 
     t_build = time.perf_counter()
     setup = setup or build(cfg)
-    setup.model.engine.warmup()  # one-off costs before anything is timed
-    setup.explicit.engine.warmup()
+    for engine in (setup.model.engine, setup.explicit.engine):
+        engine.config.threads = torch.get_num_threads()  # the passes run in its thread
+        engine.warmup()  # one-off costs before anything is timed
     build_s = time.perf_counter() - t_build
     per: dict[str, list[Any]] = {m: [] for m in METHODS}
     wall: dict[str, list[float]] = {m: [] for m in METHODS}

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--json reports the test split; leave out --question (or --json)")
     if args.num_questions < 1 or args.limit < 0:
         raise ValueError("--num-questions must be >= 1 and --limit >= 0 (0: all)")
+    from ..threads import apply_default
+
+    apply_default()
     dtype, explicit_dtype = (demo_dtype(d, args.device) for d in (args.dtype, args.explicit_dtype))
     model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(dtype))
     explicit = ExplicitAgent.from_pretrained(

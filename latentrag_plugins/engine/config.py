@@ -22,6 +22,9 @@ class EngineConfig(VersionedConfig):
             search is not waited for.
         idle_exit_s: The engine's thread ends after this long without work (a new request
             starts it again).
+        threads: Torch CPU threads of the engine's thread, which runs every pass (None: the
+            library's default, one on machines with at most 2 CPUs; ``LATENTRAG_THREADS``
+            overrides it).
     """
 
     config_name = "engine config"
@@ -34,4 +37,7 @@ class EngineConfig(VersionedConfig):
     )
     idle_exit_s: float = Field(
         default=10.0, gt=0, description="Seconds without work before the thread ends."
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="Torch CPU threads of the passes (None: the default)."
     )

@@ -214,8 +214,10 @@ class Engine:
 
     # ------------------------------------------------------------------ the engine's thread
     def _run(self) -> None:
+        threads: int | None = None
         try:
             while (inbox := self._next_work()) is not None:
+                threads = self._threads(threads)
                 self._apply(inbox)
                 self._admit()
                 if not self._scheduler.runnable():
@@ -235,6 +237,20 @@ class Engine:
             for handle in handles:
                 handle.close(None, RuntimeError(f"the LatentRAG engine stopped: {exc!r}"))
             raise
+
+    def _threads(self, applied: int | None) -> int:
+        """Give this thread the configured torch threads when the setting changed (a count is
+        per OS thread, and this one runs every pass); returns what is applied (0: the
+        library's default)."""
+        from ..threads import apply_default, set_threads
+
+        want = self.config.threads or 0
+        if want != applied:
+            if want:
+                set_threads(want)
+            else:
+                apply_default()
+        return want
 
     def _next_work(self) -> list[tuple[Any, ...]] | None:
         """Wait for messages or runnable requests; None when idle long enough to stop."""

@@ -61,8 +61,14 @@ def check_compatible(store: object, encoder_id: str, dim: int) -> None:
             f"model's document tower {encoder_id!r} makes {dim}-dim vectors. Rebuild the index "
             "with this model (`latentrag index ... --model DIR`)."
         )
-    if store_enc is not None and store_enc != encoder_id:
+    if store_enc is not None and not _same_encoder(str(store_enc), encoder_id):
         raise EncoderMismatchError(
             f"{type(store).__name__} was built with encoder {store_enc!r}, but the model's document "
             f"tower is {encoder_id!r}. Rebuild the index with this model's retriever."
         )
+
+
+def _same_encoder(a: str, b: str) -> bool:
+    from ..encoder_identity import same_encoder
+
+    return a == b or same_encoder(a, b)
