@@ -24,9 +24,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .extractive import SpanConstraint
-from .lean_decoder import lean_forward
-from .lean_decoder import supports as lean_supports
-from .packed_linear import plain_module
+from .speed.lean_decoder import lean_forward
+from .speed.lean_decoder import supports as lean_supports
+from .speed.packed_linear import plain_module
 
 WIDE_FROM = 8  # passes feeding at least this many tokens per row run on the wide twin, if any
 

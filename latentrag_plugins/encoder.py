@@ -18,12 +18,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from . import fast_bert
 from .config import DEFAULT_RETRIEVER, Pooling
 from .encoder_identity import canonical_retriever_id, resolve_retriever
 from .encoder_identity import same_encoder as same_encoder  # where callers have imported it
 from .errors import CheckpointError
 from .io_utils import check_local_source
+from .speed import fast_bert
 
 log = logging.getLogger(__name__)
 

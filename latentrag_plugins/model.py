@@ -50,10 +50,10 @@ from .encoder import (
 )
 from .errors import CheckpointError
 from .io_utils import atomic_path
-from .precision import WideTwin
 from .projector import Projector
 from .prompts import PromptBuilder
 from .results import LatentRAGResult
+from .speed.precision import WideTwin
 from .tokens import ControlIds, add_control_tokens, load_tokenizer
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
     ) -> LatentRAG:
         """Move to ``device``; the LLM, projectors and towers take ``dtype`` (towers: float32 for
         float16 on CPU). With ``wide_dtype``, passes over many tokens run on a copy of the LLM
-        in that dtype, and the towers take it (:mod:`latentrag_plugins.precision`)."""
+        in that dtype, and the towers take it (:mod:`latentrag_plugins.speed.precision`)."""
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         self.llm.to(device=device, dtype=dtype)

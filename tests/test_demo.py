@@ -122,8 +122,8 @@ def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypat
 def test_demo_auto_dtype_is_mixed_on_cpus_with_native_bf16(monkeypatch):
     """`latentrag demo` shows each method at its fastest: mixed precision where the CPU has
     native bfloat16, the usual auto elsewhere; an explicit choice always stands."""
-    from latentrag_plugins import precision
     from latentrag_plugins.cli.cmd_demo import demo_dtype
+    from latentrag_plugins.speed import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert demo_dtype("auto", "cpu") == "mixed"
@@ -136,7 +136,7 @@ def test_demo_auto_dtype_is_mixed_on_cpus_with_native_bf16(monkeypatch):
 
 
 def test_cpu_bf16_probe_answers_without_raising():
-    from latentrag_plugins.precision import cpu_has_native_bf16
+    from latentrag_plugins.speed.precision import cpu_has_native_bf16
 
     assert isinstance(cpu_has_native_bf16(), bool)
 

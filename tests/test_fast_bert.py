@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from latentrag_plugins import fast_bert
+from latentrag_plugins.speed import fast_bert
 
 TEXTS = ["Where was Marie Curie born?", "Warsaw", "The capital of the country of the river Vistula"]
 

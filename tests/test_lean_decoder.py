@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentrag_plugins import lean_decoder, packed_linear
 from latentrag_plugins.context import BatchedContext
 from latentrag_plugins.model_zoo import build_llm
+from latentrag_plugins.speed import lean_decoder, packed_linear
 
 # Passes as the loops make them: a left-padded batch, a branch pass, token passes, a pass that
 # returns only its last positions, a pass after a crop, and a pass one row sits out.

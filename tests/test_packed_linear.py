@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentrag_plugins import fast_bert, packed_linear
-from latentrag_plugins.packed_linear import apply_linear, linear
+from latentrag_plugins.speed import fast_bert, packed_linear
+from latentrag_plugins.speed.packed_linear import apply_linear, linear
 
 needs_packing = pytest.mark.skipif(
     not packed_linear._available(), reason="this torch build cannot pack bfloat16 weights"

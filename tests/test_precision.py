@@ -13,7 +13,7 @@ from latentrag_plugins.baselines.explicit import ExplicitAgent
 from latentrag_plugins.baselines.naive import NaiveRAG
 from latentrag_plugins.cli.common import dtype_kwargs
 from latentrag_plugins.context import WIDE_FROM, BatchedContext
-from latentrag_plugins.precision import precision_name
+from latentrag_plugins.speed.precision import precision_name
 from tests.conftest import make_model, trace
 from tests.test_model_loop import QS
 

@@ -39,9 +39,9 @@ from ..encoder import (
 )
 from ..errors import CheckpointError
 from ..io_utils import atomic_path
-from ..precision import WideTwin
 from ..results import LatentRAGResult, RetrievedDoc
 from ..runtime import check_store
+from ..speed.precision import WideTwin
 from ..tokens import add_tag_tokens, encode_untrusted, load_tokenizer, special_ids
 from . import search_r1 as sr1
 from .explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig, is_explicit_checkpoint
@@ -181,7 +181,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
     ) -> ExplicitAgent:
         """Move to ``device``; the LLM and tower take ``dtype`` (tower: float32 for float16 on
         CPU). With ``wide_dtype``, passes over many tokens run on a copy of the LLM in that
-        dtype, and the tower takes it (:mod:`latentrag_plugins.precision`)."""
+        dtype, and the tower takes it (:mod:`latentrag_plugins.speed.precision`)."""
         from ..devices import default_dtype, tower_dtype
 
         device = torch.device(device)

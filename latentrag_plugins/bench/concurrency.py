@@ -184,7 +184,7 @@ def _demo(cfg: ConcurrencyConfig) -> tuple[list[Method], dict[str, Any]]:
     from ..demo.assets import DEMO_CORPUS, DEMO_QUESTIONS
     from ..demo.index_cache import cached_index
     from ..model import LatentRAG
-    from ..precision import precision_name
+    from ..speed.precision import precision_name
 
     kw = dtype_kwargs(cfg.dtype)
     model = LatentRAG.from_pretrained("demo", device=cfg.device, **kw)
@@ -207,7 +207,7 @@ def _shape(cfg: ConcurrencyConfig) -> tuple[list[Method], dict[str, Any]]:
     """Random-weight models of a shape; every question retrieves ``steps`` times (LatentRAG by
     ``min_steps``, the explicit agent by its forced plan) and answers in the paper's lengths."""
     from ..baselines.explicit_force import ExplicitForce
-    from ..precision import precision_name
+    from ..speed.precision import precision_name
     from . import forcing as F
     from .runner import BenchConfig, build
 

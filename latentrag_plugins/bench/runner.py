@@ -219,7 +219,7 @@ def _faiss_or_none() -> Any:
 def _run(cfg: BenchConfig, setup: Setup | None) -> dict[str, Any]:
     import torch
 
-    from ..precision import precision_name
+    from ..speed.precision import precision_name
 
     t_build = time.perf_counter()
     setup = setup or build(cfg)

@@ -107,7 +107,7 @@ def demo_dtype(name: str, device: str | None) -> str:
     else otherwise."""
 
     from ..devices import resolve_device
-    from ..precision import MIXED, cpu_has_native_bf16
+    from ..speed.precision import MIXED, cpu_has_native_bf16
 
     if name != "auto":
         return name

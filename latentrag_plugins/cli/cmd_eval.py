@@ -232,7 +232,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from ..evaluation.table import retrieval_table
     from ..inference import question_prompt
     from ..io_utils import write_json_atomic, write_jsonl_atomic
-    from ..precision import precision_name
+    from ..speed.precision import precision_name
     from .common import check_output_files, load_index, load_model
 
     check_output_files(args.json, args.predictions, inputs=[args.questions])

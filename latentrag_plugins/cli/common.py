@@ -88,7 +88,7 @@ def dtype_kwargs(name: str | None) -> dict[str, Any]:
         return {"dtype": None, "wide_dtype": None}
     import torch
 
-    from ..precision import MIXED, MIXED_DTYPES
+    from ..speed.precision import MIXED, MIXED_DTYPES
 
     if name == MIXED:
         return dict(zip(("dtype", "wide_dtype"), MIXED_DTYPES))
@@ -180,7 +180,7 @@ def method_settings(method: Any, max_steps: int | None) -> dict[str, Any]:
     budget (``--max-steps``, else the checkpoint's ``max_steps`` or ``max_turns``; naive RAG:
     1)."""
     from ..baselines.naive import NaiveRAG
-    from ..precision import precision_name
+    from ..speed.precision import precision_name
 
     if isinstance(method, NaiveRAG):
         return {**method_settings(method.model, None), "max_steps": 1}

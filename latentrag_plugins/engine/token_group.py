@@ -9,7 +9,7 @@ attends to the first ``max(length) + 1`` columns, its rows' real positions left-
 rest masked. Rows that end leave at once (the last slot moves into the hole), so no pass feeds
 padding rows.
 
-It runs on the lean decoder (:mod:`latentrag_plugins.lean_decoder`), so only where that applies;
+It runs on the lean decoder (:mod:`latentrag_plugins.speed.lean_decoder`), so only where that applies;
 elsewhere token passes assemble their rows as wide passes do.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..context import BatchedContext
-from ..lean_decoder import lean_forward
-from ..lean_decoder import supports as lean_supports
+from ..speed.lean_decoder import lean_forward
+from ..speed.lean_decoder import supports as lean_supports
 from .rows import RowKV
 
 _GROW = 256  # columns are allocated in steps of this many positions
