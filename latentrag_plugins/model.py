@@ -1,26 +1,22 @@
-"""``LatentRAG``: the model (LLM + projectors + retriever towers) and its save/load.
+"""``LatentRAG``: the model (LLM + projectors + retriever towers).
 
-The inference loop lives in :mod:`latentrag_plugins.inference`; latent decoding and LogitLens in
-:mod:`latentrag_plugins.decoding`. Training code lives in ``latentrag_plugins.training`` and is
-never imported from here.
+Its files are in :mod:`latentrag_plugins.model_files`; the loop that runs it in
+:mod:`latentrag_plugins.engine`; latent decoding and LogitLens in :mod:`latentrag_plugins.decoding`.
+Training code lives in ``latentrag_plugins.training`` and is never imported from here.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -38,7 +34,6 @@ from .config import (
     DEFAULT_RETRIEVER,
     LatentRAGConfig,
     build_config,
-    fit_loaded_budget,
 )
 from .devices import default_device, default_dtype, resolve_device, tower_dtype  # noqa: F401 (re-exported)
 from .encoder import (
@@ -48,13 +43,12 @@ from .encoder import (
     detect_pooling,
     load_encoder,
 )
-from .errors import CheckpointError
-from .io_utils import atomic_path
+from .model_files import MODEL_ENTRIES, ModelFiles  # noqa: F401 (MODEL_ENTRIES: re-exported)
 from .projector import Projector
 from .prompts import PromptBuilder
 from .results import LatentRAGResult
 from .speed.precision import WideTwin
-from .tokens import ControlIds, add_control_tokens, load_tokenizer
+from .tokens import ControlIds, add_control_tokens
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -63,24 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _ENGINE_LOCK = threading.Lock()
 
-_LLM_DIR, _ADAPTER_DIR, _TOKENIZER_DIR = "llm", "llm_adapter", "tokenizer"
-_QUERY_TOWER_FILE, _ADDED_ROWS_FILE = "query_tower.safetensors", "added_embeddings.safetensors"
-# Entries a LatentRAG checkpoint may hold (a save replaces a directory of only these).
-MODEL_ENTRIES = (
-    "config.json",
-    _TOKENIZER_DIR,
-    _LLM_DIR,
-    _ADAPTER_DIR,
-    _ADDED_ROWS_FILE,
-    "proj_ret",
-    "proj_think",
-    "proj_query",
-    _QUERY_TOWER_FILE,
-    RETRIEVER_DIR,
-)
 
-
-class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
+class LatentRAG(ModelFiles, WideTwin, DocumentTowerAPI, nn.Module):
     """A LatentRAG model: reasons and retrieves with one LLM forward pass per step.
 
     Build an untrained model with :meth:`init`, load one with :meth:`from_pretrained`, answer with
@@ -359,191 +337,6 @@ class LatentRAG(WideTwin, DocumentTowerAPI, nn.Module):
         if old is not None:
             old.close()
         return self._engine
-
-    # ------------------------------------------------------------------------------ save / load
-    def save_pretrained(
-        self, path: str | os.PathLike[str], *, include_retriever: bool = False
-    ) -> None:
-        """Save everything needed to reload this model into directory ``path`` (safetensors only).
-
-        Layout: ``config.json``, ``tokenizer/``, ``llm/`` (or ``llm_adapter/`` +
-        ``added_embeddings.safetensors`` for a LoRA model), ``proj_ret/``, ``proj_think/``,
-        ``proj_query/``, ``query_tower.safetensors`` (tensors that differ from the frozen document
-        tower) and, with ``include_retriever`` or an in-memory retriever, ``retriever/``.
-        """
-        with atomic_path(path, owned=MODEL_ENTRIES) as tmp:
-            tmp.mkdir()
-            cfg = self.config.model_copy()
-            self.tokenizer.save_pretrained(tmp / _TOKENIZER_DIR)
-            if _is_peft(self.llm):
-                self._save_adapter(tmp, cfg)
-            else:
-                cfg.lora = None
-                self.llm.save_pretrained(tmp / _LLM_DIR, safe_serialization=True)
-            self.proj_ret.save(tmp / "proj_ret")
-            self.proj_think.save(tmp / "proj_think")
-            self.proj_query.save(tmp / "proj_query")
-            if self.query_tower is not None:
-                save_file(self._query_tower_delta(), str(tmp / _QUERY_TOWER_FILE))
-            if include_retriever or not retriever_loadable(cfg.retriever):
-                self.doc_tower.encoder.save_pretrained(tmp / RETRIEVER_DIR, safe_serialization=True)
-                self.doc_tower.tokenizer.save_pretrained(tmp / RETRIEVER_DIR)
-            cfg.save(tmp / "config.json")
-
-    def _query_tower_delta(self) -> dict[str, torch.Tensor]:
-        assert self.query_tower is not None
-        ref = self.doc_tower.encoder.state_dict()
-        out = {}
-        for k, v in self.query_tower.encoder.state_dict().items():
-            if k not in ref or not torch.equal(v, ref[k].to(v.device, v.dtype)):
-                out[k] = v.detach().contiguous().cpu()
-        return out
-
-    def _save_adapter(self, tmp: Path, cfg: LatentRAGConfig) -> None:
-        self.llm.save_pretrained(
-            tmp / _ADAPTER_DIR, safe_serialization=True, save_embedding_layers=False
-        )
-        base = self.llm.get_base_model()
-        rows = sorted(self.ids.all | {i for i in (self.ids.eos, self.ids.pad) if i is not None})
-        idx = torch.tensor(rows)
-        tensors = {"ids": idx, "input": base.get_input_embeddings().weight.detach()[idx].cpu()}
-        out = base.get_output_embeddings()
-        if (
-            out is not None
-            and out.weight.data_ptr() != base.get_input_embeddings().weight.data_ptr()
-        ):
-            tensors["output"] = out.weight.detach()[idx].cpu()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / _ADDED_ROWS_FILE))
-        peft_cfg = self.llm.peft_config["default"]
-        cfg.lora = {"r": peft_cfg.r, "alpha": peft_cfg.lora_alpha}
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike[str],
-        device: str | torch.device | None = None,
-        *,
-        dtype: torch.dtype | None = None,
-        wide_dtype: torch.dtype | None = None,
-        trust_remote_code: bool | None = None,
-    ) -> LatentRAG:
-        """Load a model saved by :meth:`save_pretrained`.
-
-        Args:
-            path: Checkpoint directory, or ``"demo"`` for the shipped demo model.
-            device: Target device (default: CUDA if available).
-            dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
-            wide_dtype: Dtype of an LLM copy that runs passes over many tokens (default none;
-                ``torch.bfloat16`` beside float32 is ``--dtype mixed``).
-            trust_remote_code: Run custom model code that the checkpoint's models need. Off
-                unless you pass True: the checkpoint's own config never turns it on.
-
-        Raises:
-            CheckpointError: A file is missing or corrupt; the message names it.
-        """
-        from .demo.assets import resolve_checkpoint
-
-        root = resolve_checkpoint(path)
-        if not root.is_dir():
-            raise CheckpointError(f"{root}: checkpoint directory not found")
-        from .baselines.explicit_config import refuse_explicit
-
-        refuse_explicit(root)
-        cfg = LatentRAGConfig.load(root / "config.json")
-        trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
-        tok = load_checked(
-            root / _TOKENIZER_DIR,
-            "tokenizer",
-            lambda p: load_tokenizer(p, trust),
-        )
-        llm = cls._load_llm(root, cfg, tok, trust)
-        ret_dir = root / RETRIEVER_DIR
-        if ret_dir.is_dir():
-            enc, enc_tok, _ = load_encoder(str(ret_dir), trust_remote_code=trust)
-        else:
-            enc, enc_tok, _ = load_encoder(cfg.retriever, trust_remote_code=trust)
-        doc_tower = EncoderTower.from_config(enc, enc_tok, cfg)
-        query_tower = None
-        if cfg.pretrained_query_tower:
-            query_tower = copy.deepcopy(doc_tower)
-            delta = load_checked(root / _QUERY_TOWER_FILE, "query tower", load_file)
-            try:
-                missing = query_tower.encoder.load_state_dict(delta, strict=False).unexpected_keys
-            except RuntimeError as exc:
-                raise CheckpointError(
-                    f"{root / _QUERY_TOWER_FILE}: does not fit the retriever ({exc})"
-                ) from None
-            if missing:
-                raise CheckpointError(
-                    f"{root / _QUERY_TOWER_FILE}: unexpected tensors {missing[:3]}"
-                )
-        projs = [Projector.load(root / name) for name in ("proj_ret", "proj_think", "proj_query")]
-        config_file = root / "config.json"
-        if cfg.retriever_dim is not None and cfg.retriever_dim != doc_tower.dim:
-            raise CheckpointError(
-                f"{config_file}: retriever_dim={cfg.retriever_dim} but the retriever embeds "
-                f"in {doc_tower.dim} dimensions"
-            )
-        try:
-            fit_loaded_budget(cfg, llm, str(config_file))
-            model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
-        except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
-            raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
-        dev = resolve_device(device)
-        return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
-
-    @staticmethod
-    def _load_llm(
-        root: Path, cfg: LatentRAGConfig, tok: PreTrainedTokenizerBase, trust: bool
-    ) -> PreTrainedModel:
-        if (root / _ADAPTER_DIR).is_dir():
-            from .extras import require
-
-            peft = require("peft", "train", "loading a LoRA checkpoint")
-            adapter = root / _ADAPTER_DIR
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                if not (adapter / name).is_file():  # never PEFT's pickle fallback (.bin)
-                    raise CheckpointError(f"{adapter / name}: missing LoRA adapter file")
-            rows = load_checked(root / _ADDED_ROWS_FILE, "added embeddings", load_file)
-            base = _load_base(cfg.base_model, trust, rows["input"].dtype)
-            if (
-                len(tok) > base.get_input_embeddings().weight.shape[0]
-            ):  # grown as at init, never cut
-                base.resize_token_embeddings(len(tok), mean_resizing=False)
-            with torch.no_grad():
-                weight = base.get_input_embeddings().weight
-                weight[rows["ids"]] = rows["input"].to(weight.dtype)
-                if "output" in rows:
-                    weight = base.get_output_embeddings().weight
-                    weight[rows["ids"]] = rows["output"].to(weight.dtype)
-            llm = load_checked(
-                adapter, "LoRA adapter", lambda p: peft.PeftModel.from_pretrained(base, p)
-            )
-            return llm.merge_and_unload()
-        return load_checked(
-            root / _LLM_DIR,
-            "LLM",
-            lambda p: AutoModelForCausalLM.from_pretrained(
-                p, trust_remote_code=trust, use_safetensors=True
-            ),
-        )
-
-
-def _load_base(base_model: str, trust: bool, dtype: torch.dtype) -> PreTrainedModel:
-    """A LoRA checkpoint's base LLM, in the dtype it was trained in."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            base_model, trust_remote_code=trust, use_safetensors=True, dtype=dtype
-        )
-    except Exception as exc:  # hub, path and format errors come in many types
-        raise CheckpointError(
-            f"could not load the LoRA checkpoint's base model {base_model!r} (config.json "
-            f"base_model): {exc}"
-        ) from None
-
-
-def _is_peft(llm: nn.Module) -> bool:
-    return hasattr(llm, "peft_config") and hasattr(llm, "get_base_model")
 
 
 def _token_relay(on_token: Callable[[int, str], None], row: int) -> Callable[[Event], None]:

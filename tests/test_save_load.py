@@ -181,7 +181,7 @@ def test_a_checkpoint_cannot_turn_on_remote_code_itself(saved, tmp_path, monkeyp
     """DESIGN §5: custom model code runs only when the caller asks, whatever the config says."""
     import latentrag_plugins.checkpoint_files as files_mod
     import latentrag_plugins.encoder as encoder_mod
-    import latentrag_plugins.model as model_mod
+    import latentrag_plugins.model_files as model_mod
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved, ckpt)
