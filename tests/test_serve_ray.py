@@ -168,11 +168,10 @@ def test_a_replica_that_cannot_start_says_why(service, tmp_path):
             )  # fmt: skip
     finally:
         serve.delete("broken")
-    with (
-        RemoteLatentRAG(f"{service[1]}/broken") as client,
-        pytest.raises(ServiceUnavailable, match="no LatentRAG API at this URL"),
-    ):
-        client.health()
+    with RemoteLatentRAG(f"{service[1]}/broken") as client:
+        with pytest.raises(ServiceUnavailable) as err:  # the proxy's 404 (503 while it deletes)
+            client.health()
+        assert err.value.status in (404, 503) and client.url in str(err.value)
 
 
 def test_the_application_takes_ray_serve_options():
