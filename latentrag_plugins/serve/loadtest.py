@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ..results import LatentRAGResult
@@ -176,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reports = _local(args, index, questions, expected)
     if args.json:
-        print(json.dumps([r.summary() for r in reports], indent=2))
+        text = json.dumps([r.summary() for r in reports], indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
     else:
         print(table(reports))
     return 0 if all(not r.errors and not r.mismatches for r in reports) else 1
@@ -216,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help="Questions JSONL (default: the demo's test questions).")
     p.add_argument("--no-check", action="store_true", help="Don't compare with local answers.")
     p.add_argument("--port", type=int, default=8000, help="Local service's port (8000).")
-    p.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="OUT",
+        help="Write the figures as JSON to OUT (no OUT or -: stdout).",
+    )  # fmt: skip
     return p
 
 
