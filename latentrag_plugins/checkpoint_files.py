@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import LatentRAGConfig
-from .devices import resolve_device
+from .devices import resolve_device, tower_auto_dtype
 from .encoder import (
     EncoderTower,
     canonical_retriever_id,
@@ -68,7 +68,8 @@ def load_document_tower(
     trust_remote_code: bool | None = None,
 ) -> EncoderTower:
     """Load only the frozen document tower of a checkpoint, LatentRAG or explicit agent (for
-    indexing, without the LLM); ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
+    indexing, without the LLM), in the dtype it takes beside its model by default;
+    ``trust_remote_code`` as in :meth:`LatentRAG.from_pretrained`."""
     from .baselines.explicit_config import EXPLICIT_CONFIG_FILE, ExplicitConfig
     from .baselines.explicit_config import is_explicit_checkpoint as explicit
     from .demo.assets import resolve_checkpoint
@@ -83,13 +84,15 @@ def load_document_tower(
     trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
     enc, tok, _ = load_encoder(source, trust_remote_code=trust)
     tower = EncoderTower.from_config(enc, tok, cfg)
-    return tower.to(resolve_device(device)).eval()
+    dev = resolve_device(device)
+    return tower.to(device=dev, dtype=tower_auto_dtype(dev)).eval()
 
 
 def retriever_tower(
     name: str, *, device: str | torch.device | None = None, trust_remote_code: bool = False
 ) -> EncoderTower:
-    """Load a retriever by id or path as a document tower, with pooling detected from it."""
+    """Load a retriever by id or path as a document tower, with pooling detected from it, in
+    the dtype a model's towers take by default."""
     enc, tok, path = load_encoder(name, trust_remote_code=trust_remote_code)
     pooling, instruction = detect_pooling(path, enc)
     tower = EncoderTower(
@@ -99,7 +102,8 @@ def retriever_tower(
         query_instruction=instruction,
         encoder_id=canonical_retriever_id(name),
     )
-    return tower.to(resolve_device(device)).eval()
+    dev = resolve_device(device)
+    return tower.to(device=dev, dtype=tower_auto_dtype(dev)).eval()
 
 
 def load_base_llm(base_model: str, trust: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

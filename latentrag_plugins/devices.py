@@ -45,3 +45,26 @@ def tower_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     if device.type == "cpu" and dtype == torch.float16:
         return torch.float32
     return dtype
+
+
+def auto_dtypes(device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """The dtypes a loaded model runs in by default (``--dtype auto``): bfloat16 on a GPU that
+    supports it; on a CPU float32, with passes over many tokens (and the retriever towers) on a
+    bfloat16 copy where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16: ``mixed``, the
+    fastest there); float32 elsewhere.
+
+    Returns:
+        ``(dtype, wide_dtype)``, as ``from_pretrained`` takes them.
+    """
+    if device.type == "cpu":
+        from .speed.precision import MIXED_DTYPES, cpu_has_native_bf16
+
+        if cpu_has_native_bf16():
+            return MIXED_DTYPES
+    return default_dtype(device), None
+
+
+def tower_auto_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a document tower loaded alone takes by default (as it would beside its model)."""
+    dtype, wide = auto_dtypes(device)
+    return tower_dtype(device, wide or dtype)

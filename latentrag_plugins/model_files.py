@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from .checkpoint_files import RETRIEVER_DIR, load_checked, retriever_loadable, trust_remote
 from .config import LatentRAGConfig, fit_loaded_budget
-from .devices import default_dtype, resolve_device
+from .devices import auto_dtypes, default_dtype, resolve_device
 from .encoder import EncoderTower, load_encoder
 from .errors import CheckpointError
 from .io_utils import atomic_path
@@ -122,9 +122,12 @@ class ModelFiles:
         Args:
             path: Checkpoint directory, or ``"demo"`` for the shipped demo model.
             device: Target device (default: CUDA if available).
-            dtype: LLM dtype (default: bf16 on GPU, float32 on CPU).
-            wide_dtype: Dtype of an LLM copy that runs passes over many tokens (default none;
-                ``torch.bfloat16`` beside float32 is ``--dtype mixed``).
+            dtype: LLM dtype. Without ``dtype`` and ``wide_dtype``, the fastest setting for the
+                device (``--dtype auto``, :func:`~latentrag_plugins.devices.auto_dtypes`):
+                bfloat16 on a GPU; on a CPU float32, with a bfloat16 copy for passes over many
+                tokens where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16).
+            wide_dtype: Dtype of an LLM copy that runs passes over many tokens
+                (``torch.bfloat16`` beside float32 is ``--dtype mixed``).
             trust_remote_code: Run custom model code that the checkpoint's models need. Off
                 unless you pass True: the checkpoint's own config never turns it on.
 
@@ -180,6 +183,8 @@ class ModelFiles:
         except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = resolve_device(device)
+        if dtype is None and wide_dtype is None:
+            dtype, wide_dtype = auto_dtypes(dev)
         return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
 
     @staticmethod

@@ -153,8 +153,11 @@ def test_eval_smoke(model, store, tmp_path, capsys, monkeypatch):
     assert "| latent |" in out and "| explicit |" in out and "| naive |" in out
     rep = json.loads((tmp_path / "eval.json").read_text())
     assert rep["n"] == 3
+    from latentrag_plugins.speed.precision import cpu_has_native_bf16
+
+    auto = "float32+bfloat16" if cpu_has_native_bf16() else "float32"  # the explicit default
     assert {k: v["dtype"] for k, v in rep["settings"].items()} == {
-        "latent": "bfloat16", "naive": "bfloat16", "explicit": "float32"
+        "latent": "bfloat16", "naive": "bfloat16", "explicit": auto
     }  # fmt: skip
     assert not any(v["extractive_answers"] for v in rep["settings"].values())
     for name in ("latent", "explicit", "naive"):

@@ -119,20 +119,18 @@ def test_index_cache_is_reused_and_keyed_by_the_tower(model, tmp_path, monkeypat
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_demo_auto_dtype_is_mixed_on_cpus_with_native_bf16(monkeypatch):
-    """`latentrag demo` shows each method at its fastest: mixed precision where the CPU has
-    native bfloat16, the usual auto elsewhere; an explicit choice always stands."""
-    from latentrag_plugins.cli.cmd_demo import demo_dtype
+def test_auto_dtype_is_mixed_on_cpus_with_native_bf16(monkeypatch):
+    """`--dtype auto`, and from_pretrained's default, run each model at its fastest: mixed
+    precision where the CPU has native bfloat16, float32 on other CPUs, bfloat16 on GPUs."""
+    import torch
+
+    from latentrag_plugins.devices import auto_dtypes
     from latentrag_plugins.speed import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert demo_dtype("auto", "cpu") == "mixed"
-    assert demo_dtype("float32", "cpu") == "float32"
-    assert demo_dtype("auto", "meta") == "auto"  # not a CPU: auto's own rule
+    assert auto_dtypes(torch.device("cpu")) == (torch.float32, torch.bfloat16)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    assert demo_dtype("auto", "cpu") == "auto"
-    with pytest.raises(ValueError, match="bad device 'gpu'"):
-        demo_dtype("auto", "gpu")
+    assert auto_dtypes(torch.device("cpu")) == (torch.float32, None)
 
 
 def test_cpu_bf16_probe_answers_without_raising():

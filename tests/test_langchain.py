@@ -210,7 +210,8 @@ def test_model_can_be_a_checkpoint_path(lc_model, tmp_path, vs):
     lc_model.save_pretrained(tmp_path / "ckpt")
     emb = LatentRAGEmbeddings(model=str(tmp_path / "ckpt"))
     assert emb.encoder_id == lc_model.encoder_id
-    np.testing.assert_allclose(emb.embed_query(Q), lc_model.embed_query(Q), rtol=1e-5, atol=1e-6)
+    # the same tower (loaded in the default dtype: bfloat16 on CPUs that multiply it natively)
+    assert float(np.dot(emb.embed_query(Q), lc_model.embed_query(Q))) > 0.999
     retriever = LatentRAGRetriever(model=emb.model, vectorstore=vs)
     assert retriever.model is emb.model
     with pytest.raises(TypeError, match="LatentRAG or a checkpoint path"):

@@ -186,7 +186,8 @@ def test_embedding_is_the_document_tower(lmodel, embed, tmp_path):
     lmodel.save_pretrained(tmp_path / "ckpt")
     from_path = LatentRAGEmbedding(model=tmp_path / "ckpt")
     assert from_path.model_name == embed.model_name
-    assert from_path.get_text_embedding(texts[1]) == pytest.approx(want[1].tolist(), abs=1e-4)
+    # the same tower (loaded in the default dtype: bfloat16 on CPUs that multiply it natively)
+    assert float(np.dot(from_path.get_text_embedding(texts[1]), want[1])) > 0.999
 
 
 # ---------------------------------------------------------------------------------- retriever

@@ -36,7 +36,8 @@ def saved(tmp_path_factory, trained):
 
 def test_round_trip_gives_identical_results(saved, trained, store, force):
     model = trained
-    loaded = LatentRAG.from_pretrained(saved, "cpu")  # DESIGN §4: (path, device=None)
+    # (path, device=None); float32 as saved (the default on a CPU with native bfloat16 is mixed)
+    loaded = LatentRAG.from_pretrained(saved, "cpu", dtype=torch.float32)
     with force(model, "retrieve"):
         a = model.run(Q, store, max_steps=2, decode=True)
     with force(loaded, "retrieve"):
@@ -338,7 +339,7 @@ def test_an_in_memory_retriever_is_bundled_and_round_trips(tokenizer, tmp_path):
         device="cpu",
     )  # fmt: skip
     m.save_pretrained(tmp_path / "c")
-    again = LatentRAG.from_pretrained(tmp_path / "c", device="cpu")
+    again = LatentRAG.from_pretrained(tmp_path / "c", device="cpu", dtype=torch.float32)
     texts = ["Warsaw is in Poland.", "a b c"]
     np.testing.assert_allclose(again.embed_documents(texts), m.embed_documents(texts), atol=1e-5)
     assert again.encoder_id == m.encoder_id

@@ -408,7 +408,7 @@ def test_end_to_end_training(tmp_path, tokenizer, world, wstore, prepared):
     assert not (out / "checkpoints").exists()  # save_every=0: only the final model
 
     # The run directory is a checkpoint: same latent embeddings, and it answers questions.
-    loaded = LatentRAG.from_pretrained(out, device="cpu")
+    loaded = LatentRAG.from_pretrained(out, device="cpu", dtype=torch.float32)  # as trained
     batch = collate(examples[:3], prepared, model.ids.pad)
     assert torch.allclose(
         latent_embeddings(loaded, batch), latent_embeddings(model, batch), atol=1e-5

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="Print the counts as JSON.")
     add_device_arg(p)
-    add_dtype_arg(p, what="the teacher's weights", auto="bfloat16 on GPU, float32 on CPU")
+    add_dtype_arg(p, what="the teacher's weights")
     p.add_argument(
         "--trust-remote-code", action="store_true",
         help="Run custom model code the teacher needs (only for sources you trust).",

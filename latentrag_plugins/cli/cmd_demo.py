@@ -8,11 +8,6 @@ import sys
 
 from .common import add_device_arg, add_dtype_arg, add_extractive_arg, dtype_kwargs
 
-DEMO_AUTO = (
-    "mixed on CPUs with native bfloat16, AMX or AVX512-BF16 (the demo models' fastest there), "
-    "else float32 on CPU, bfloat16 on GPU"
-)
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -37,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_extractive_arg(p)
     add_device_arg(p)
-    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)", auto=DEMO_AUTO)
-    add_dtype_arg(p, "--explicit-dtype", "the explicit agent", auto=DEMO_AUTO)
+    add_dtype_arg(p, what="the LatentRAG model (and naive RAG)")
+    add_dtype_arg(p, "--explicit-dtype", "the explicit agent")
     p.add_argument(
         "--build",
         metavar="DIR",
@@ -77,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from ..threads import apply_default
 
     apply_default()
-    dtype, explicit_dtype = (demo_dtype(d, args.device) for d in (args.dtype, args.explicit_dtype))
-    model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(dtype))
+    model = LatentRAG.from_pretrained("demo", device=args.device, **dtype_kwargs(args.dtype))
     explicit = ExplicitAgent.from_pretrained(
-        "demo-explicit", device=args.device, **dtype_kwargs(explicit_dtype)
+        "demo-explicit", device=args.device, **dtype_kwargs(args.explicit_dtype)
     )
     if args.extractive:
         model.config.extractive_answers = explicit.config.extractive_answers = True
@@ -99,20 +93,6 @@ def run(args: argparse.Namespace) -> int:
     for question, golds in questions:
         _show(question, golds, model, explicit, naive, store)
     return 0
-
-
-def demo_dtype(name: str, device: str | None) -> str:
-    """``--dtype`` for the demo models: ``auto`` is ``mixed`` on a CPU with native bfloat16
-    (AMX or AVX512-BF16), where it is every demo method's fastest setting, and as everywhere
-    else otherwise."""
-
-    from ..devices import resolve_device
-    from ..speed.precision import MIXED, cpu_has_native_bf16
-
-    if name != "auto":
-        return name
-    dev = resolve_device(device)
-    return MIXED if dev.type == "cpu" and cpu_has_native_bf16() else name
 
 
 def with_gold(question: str, test):  # noqa: ANN001, ANN201 - evaluation.Question list

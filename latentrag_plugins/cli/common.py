@@ -66,19 +66,22 @@ def add_extractive_arg(p: argparse.ArgumentParser, who: str = "Every method's an
     )
 
 
+AUTO_DTYPE = (
+    "the fastest for the device, as from_pretrained's default: bfloat16 on GPU; on CPU mixed "
+    "where it multiplies bfloat16 natively (AMX, AVX512-BF16), else float32"
+)
+
+
 def add_dtype_arg(
-    p: argparse.ArgumentParser,
-    flag: str = "--dtype",
-    what: str = "the model",
-    auto: str = "bfloat16 on GPU, float32 on CPU",
+    p: argparse.ArgumentParser, flag: str = "--dtype", what: str = "the model"
 ) -> None:
-    """``--dtype``: the weights' dtype (default auto, whose meaning ``auto`` states)."""
+    """``--dtype``: the weights' dtype (default auto, the same in every command)."""
     p.add_argument(
         flag,
         choices=DTYPES,
         default="auto",
-        help=f"Dtype of {what} (default auto: {auto}; bfloat16 pays off on CPUs with AMX or "
-        "AVX512-BF16; mixed: float32, with passes over many tokens on a bfloat16 copy).",
+        help=f"Dtype of {what} (default auto: {AUTO_DTYPE}; mixed: float32, with passes over "
+        "many tokens and the retriever towers on a bfloat16 copy).",
     )
 
 
