@@ -77,7 +77,7 @@ class RemoteLatentRAG:
         max_connections: Most connections open to the service at once.
 
     Raises:
-        ImportError: ``httpx`` is missing (the ``[serve]`` extra installs it).
+        ImportError: ``httpx`` is missing (the ``[remote]`` extra installs it; ``[serve]`` does too).
     """
 
     def __init__(
@@ -88,7 +88,7 @@ class RemoteLatentRAG:
         headers: Mapping[str, str] | None = None,
         max_connections: int = 100,
     ) -> None:
-        require("httpx", "serve", "the LatentRAG service client")
+        require("httpx", "remote", "the LatentRAG service client")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
@@ -210,7 +210,7 @@ class RemoteLatentRAG:
         return await self._call("GET", path)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        httpx = require("httpx", "serve")
+        httpx = require("httpx", "remote")
         try:
             resp = await self._io.client().request(method, self.url + path, **kwargs)
             if resp.status_code != 200:
@@ -223,7 +223,7 @@ class RemoteLatentRAG:
 
     async def _stream(self, handle: RequestHandle, body: dict[str, Any]) -> None:
         """Stream one request's lines into its handle, ending it with the result or an error."""
-        httpx = require("httpx", "serve")
+        httpx = require("httpx", "remote")
         try:
             client = self._io.client()
             async with client.stream("POST", self.url + "/v1/ask/stream", json=body) as resp:
@@ -265,7 +265,7 @@ class RemoteLatentRAG:
         return service_error(self.url, status, message)
 
     def _transport_error(self, exc: Exception) -> ServiceError:
-        httpx = require("httpx", "serve")
+        httpx = require("httpx", "remote")
         if isinstance(exc, httpx.TimeoutException):
             return ServiceUnavailable(f"no answer within {self.timeout} s", url=self.url)
         if isinstance(exc, httpx.ConnectError):
@@ -312,7 +312,7 @@ class _IOThread:
     def client(self) -> Any:
         """The HTTP client (on the I/O loop only)."""
         if self._client is None:
-            httpx = require("httpx", "serve")
+            httpx = require("httpx", "remote")
             timeout, headers, connections = self._settings
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout),
