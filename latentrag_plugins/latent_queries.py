@@ -7,25 +7,20 @@ space. A retriever that "thinks" in a few latent tokens before it embeds a query
 setting; here it needs no agent, so any store built with the document tower can be searched
 with it (documents keep their vectors: only queries change).
 
-The pass is the loop's own step-0 pass (:mod:`latentrag_plugins.engine.passes`): the same prompt
-builder, slots, :class:`~latentrag_plugins.context.BatchedContext` and
-:meth:`~latentrag_plugins.LatentRAG.latent_query_embedding`, in eval mode and without autograd.
-It runs in the caller's thread, outside the engine; calls on one model take turns
-(:func:`~latentrag_plugins.live.model_lock`).
+Each query is a request to the model's engine that ends at its first search, so the pass is
+the loop's own step-0 pass, batched with whatever else the model is serving.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .context import BatchedContext
-from .engine.loop import question_prompt
-from .live import model_lock
-from .runtime import check_questions, check_text, eval_mode
+from .engine.search import EndRequest, SearchQuery
+from .results import RetrievedDoc
+from .runtime import check_text
 
 if TYPE_CHECKING:
     from .model import LatentRAG
@@ -85,23 +80,30 @@ def latent_query_embeddings(
 ) -> np.ndarray:
     """The step-0 latent query embedding of each question -> ``(len(questions), dim)`` float32.
 
-    Questions are fed ``batch_size`` at a time, longest prompt first (so a batch pads little);
-    rows come back in the input order.
+    Questions go to the model's engine ``batch_size`` at a time; each request ends at its first
+    search, whose query embedding it keeps.
 
     Raises:
         ValueError: An empty or blank question, or one too long for ``max_context_tokens``.
     """
     questions = list(questions)
-    check_questions(questions)
-    prompts = [question_prompt(model, q) for q in questions]
-    slots = model.prompts.think_slots() + model.prompts.query_slots()
-    n = model.config.n_query
     out = np.zeros((len(questions), model.dim), dtype=np.float32)
-    order = np.argsort([-len(p) for p in prompts], kind="stable")
-    with model_lock(model), eval_mode(model), torch.inference_mode():
-        for i in range(0, len(questions), batch_size):
-            rows = order[i : i + batch_size]
-            ctx = BatchedContext(model.llm, len(rows), model.ids.pad, model.wide_llm)
-            h_query = ctx.feed([prompts[j] + slots for j in rows], keep=n)  # (b, n, d_llm)
-            out[rows] = model.latent_query_embedding(h_query).float().cpu().numpy()  # (b, dim)
+    for start in range(0, len(questions), batch_size):
+        rows = range(start, min(start + batch_size, len(questions)))
+        handles = model.engine.submit_many(
+            [questions[i] for i in rows], [_keep(out, i) for i in rows],
+            min_steps=1, max_steps=1, generate_answer=False,
+        )  # fmt: skip
+        for handle in handles:
+            handle.result()
     return out
+
+
+def _keep(out: np.ndarray, row: int) -> Callable[[SearchQuery], list[RetrievedDoc]]:
+    """A search function that keeps its query embedding in ``out[row]`` and ends the request."""
+
+    def search(query: SearchQuery) -> list[RetrievedDoc]:
+        out[row] = query.embedding
+        raise EndRequest
+
+    return search

@@ -1,52 +1,71 @@
-"""What the LangChain and LlamaIndex adapters share around :func:`~.inference.latent_loop`.
+"""What the LangChain and LlamaIndex adapters share: the model they run and its checks.
 
-- :func:`resolve_model`, :func:`check_question`: argument checks with clear errors.
-- :func:`model_lock`: one re-entrant lock per model, serialising its forward passes across
-  threads and tasks (the async adapters run model work in worker threads).
-- :class:`LiveDecoder`: decodes thoughts and subqueries as the loop goes (``decode=True``), so
-  they stream live. At each search request, the thought and subquery latents of every searching
-  question are decoded in one batched generation (:func:`~.decoding.decode_items`) before the
-  store is searched; the answer steps' thoughts are decoded when the loop ends.
-  Timings stay honest: the loop's clock counts time spent outside it as ``retrieval``, so live
-  decoding time is moved from ``retrieval`` to ``decode``, and decoding passes are added to
-  ``forward_passes`` (batch-wide, like the core's batched decode).
+- :func:`resolve_model`: a ``LatentRAG``, a checkpoint path, or a LatentRAG service
+  (``http(s)://...``, served by ``latentrag serve``), which searches its own store.
+- :func:`submit`: send questions to the model's engine, or to the service.
+- :func:`check_question`: a question's check, with a clear error.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .decoding import decode_items
-from .inference import SearchRequest
-from .results import LatentRAGResult
 from .runtime import check_text
 
 if TYPE_CHECKING:
+    from .engine import RequestHandle
+    from .model import LatentRAG
+    from .serve.client import RemoteLatentRAG
+
+
+def resolve_model(value: Any, *, service: bool = True) -> LatentRAG | RemoteLatentRAG:
+    """A ``LatentRAG`` or ``RemoteLatentRAG`` as is; a ``http(s)://`` URL as a
+    ``RemoteLatentRAG``; another string or path loaded with ``LatentRAG.from_pretrained``.
+
+    Args:
+        value: What the user passed as ``model``.
+        service: Whether a service will do (embeddings need the model itself).
+    """
     from .model import LatentRAG
 
-_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def resolve_model(value: Any) -> LatentRAG:
-    """A ``LatentRAG`` as is, or a checkpoint path loaded with ``LatentRAG.from_pretrained``."""
-    from .model import LatentRAG
-
-    if isinstance(value, LatentRAG):
+    url = isinstance(value, str) and value.startswith(("http://", "https://"))
+    if not service and (url or is_remote(value)):
+        raise TypeError(
+            "embeddings need the model itself (a LatentRAG or a checkpoint path): a LatentRAG "
+            "service answers questions, it does not embed texts"
+        )
+    if isinstance(value, LatentRAG) or is_remote(value):
         return value
+    if url:
+        from .serve.client import RemoteLatentRAG
+
+        return RemoteLatentRAG(value)
     if isinstance(value, (str, os.PathLike)):
         return LatentRAG.from_pretrained(value)
-    raise TypeError(f"model must be a LatentRAG or a checkpoint path, not {type(value).__name__}")
+    raise TypeError(
+        "model must be a LatentRAG, a checkpoint path or a LatentRAG service URL, not "
+        f"{type(value).__name__}"
+    )
 
 
-def model_lock(model: LatentRAG) -> threading.RLock:
-    """The lock that serialises this model's forward passes across threads and tasks."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(model, threading.RLock())
+def is_remote(model: Any) -> bool:
+    """Whether ``model`` is a LatentRAG service (``RemoteLatentRAG``)."""
+    return type(model).__name__ == "RemoteLatentRAG" and hasattr(model, "submit")
+
+
+def submit(
+    model: LatentRAG | RemoteLatentRAG,
+    questions: Sequence[str],
+    searches: Sequence[Callable[..., Any]],
+    **options: Any,
+) -> list[RequestHandle]:
+    """Send ``questions`` to ``model``'s engine with their search functions, or to a service
+    (which searches its own store: the search functions are not used)."""
+    if is_remote(model):
+        return [model.submit(q, **options) for q in questions]
+    return model.engine.submit_many(list(questions), list(searches), **options)
 
 
 def check_question(question: Any, owner: str = "LatentRAG") -> str:
@@ -57,79 +76,4 @@ def check_question(question: Any, owner: str = "LatentRAG") -> str:
     return question
 
 
-class LiveDecoder:
-    """Decodes a loop's latent thoughts and subqueries step by step.
-
-    Args:
-        model: The model (decoding holds its :func:`model_lock`).
-        n_rows: Number of questions in the batch.
-    """
-
-    def __init__(self, model: LatentRAG, n_rows: int) -> None:
-        self.model, self.lock = model, model_lock(model)
-        self.texts: list[dict[int, tuple[str | None, str | None]]] = [{} for _ in range(n_rows)]
-        self.live_ms = self.final_ms = 0.0
-        self.passes = 0
-
-    def _decode(self, items: list[tuple[str, Any]]) -> list[str]:
-        with self.lock:
-            texts, passes = decode_items(self.model, items)
-        self.passes += passes
-        return texts
-
-    def step(self, req: SearchRequest) -> list[tuple[int, dict[str, Any]]]:
-        """Decode the thought and subquery of every question of a search request.
-
-        Returns:
-            Per question, ``(row, {"step", "action", "thought", "subquery"})``.
-        """
-        t0 = time.perf_counter()
-        thoughts = req.thoughts  # (b, m, d), or None
-        items: list[tuple[str, Any]] = []
-        for j in range(len(req.rows)):
-            if thoughts is not None:
-                items.append(("thought", thoughts[j]))
-            items.append(("subquery", req.latents[j]))  # (n, d)
-        texts = iter(self._decode(items))
-        events = []
-        for row in req.rows:
-            thought = next(texts) if thoughts is not None else None
-            subquery = next(texts)
-            self.texts[row][req.step] = (thought, subquery)
-            data = {
-                "step": req.step,
-                "action": "retrieve",
-                "thought": thought,
-                "subquery": subquery,
-            }
-            events.append((row, data))
-        self.live_ms += (time.perf_counter() - t0) * 1e3
-        return events
-
-    def finish(self, results: list[LatentRAGResult]) -> None:
-        """Write the decoded texts into ``results``, decode the thoughts still missing (the answer
-        steps'), and move the decoding cost into the results' timings and pass counts."""
-        t0 = time.perf_counter()
-        missing = []
-        for row, res in enumerate(results):
-            for s in res.steps:
-                s.thought, s.subquery = self.texts[row].get(s.index, (None, None))
-                if s.thought is None:
-                    missing.append((s, res._latents[s.index]["think"]))  # (m, d)
-        if missing:
-            for (s, _), text in zip(missing, self._decode([("thought", x) for _, x in missing])):
-                s.thought = text
-        self.final_ms = (time.perf_counter() - t0) * 1e3
-        for res in results:
-            t = res.timings_ms
-            res.timings_ms = t.model_copy(
-                update={
-                    "retrieval": max(0.0, t.retrieval - self.live_ms),
-                    "decode": t.decode + self.live_ms + self.final_ms,
-                    "total": t.total + self.final_ms,
-                }
-            )
-            res.forward_passes += self.passes
-
-
-__all__ = ["LiveDecoder", "check_question", "model_lock", "resolve_model"]
+__all__ = ["check_question", "is_remote", "resolve_model", "submit"]

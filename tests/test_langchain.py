@@ -214,7 +214,7 @@ def test_model_can_be_a_checkpoint_path(lc_model, tmp_path, vs):
     assert float(np.dot(emb.embed_query(Q), lc_model.embed_query(Q))) > 0.999
     retriever = LatentRAGRetriever(model=emb.model, vectorstore=vs)
     assert retriever.model is emb.model
-    with pytest.raises(TypeError, match="LatentRAG or a checkpoint path"):
+    with pytest.raises(TypeError, match="LatentRAG, a checkpoint path or a LatentRAG service URL"):
         LatentRAGEmbeddings(model=42)
 
 

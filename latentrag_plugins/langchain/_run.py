@@ -2,7 +2,8 @@
 
 A :class:`Run` is the request's search function (sync or async, through
 :class:`~._store_adapter.StoreSearcher`, keeping the store's documents and raw scores per step)
-and turns the engine's events into LangChain custom events for the run's callbacks.
+and turns the engine's events into LangChain custom events for the run's callbacks. With a
+LatentRAG service, which searches its own store, the hits come from the step events.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig
 
 from ..engine import Event, SearchQuery, StepEvent, ThoughtEvent, TokenEvent
+from ..live import is_remote
 from ..results import LatentRAGResult, RetrievedDoc, titled
-from ._store_adapter import StoreSearcher
+from ._store_adapter import StoreSearcher, check_store
 from .events import (
     STEP_EVENT,
     THOUGHT_EVENT,
@@ -41,27 +43,67 @@ def as_retrieved(hits: list[Hit]) -> list[RetrievedDoc]:
     ]
 
 
+def as_hits(docs: list[RetrievedDoc]) -> list[Hit]:
+    """A service's documents as store hits (LangChain documents and raw scores)."""
+    return [
+        (
+            Document(page_content=d.text, metadata=dict(d.metadata), id=d.id or None),
+            None if math.isnan(d.score) else d.score,
+        )
+        for d in docs
+    ]
+
+
+def check_target(model: Any, vectorstore: Any, search_kwargs: dict[str, Any]) -> bool:
+    """Check what a component runs on: a model over a vector store built with its document
+    tower, or a LatentRAG service (which searches its own store).
+
+    Returns:
+        Whether the store's vector dimension could be checked (a service: yes).
+
+    Raises:
+        ValueError: A service with a vector store, or a model without one.
+        EncoderMismatchError, StoreError: The store does not fit the model.
+    """
+    if is_remote(model):
+        if vectorstore is not None:
+            raise ValueError(
+                "a LatentRAG service searches its own store: leave vectorstore out (or pass a "
+                "model instead of the service's URL to search this one)"
+            )
+        return True
+    if vectorstore is None:
+        raise ValueError(
+            "pass vectorstore=... (a store built with the model's document tower), or a "
+            "LatentRAG service's URL as model"
+        )
+    StoreSearcher(vectorstore, search_kwargs)  # raises if it cannot search
+    return check_store(vectorstore, model)
+
+
 class Run:
     """The search function and the event relay of one question.
 
     Args:
-        searcher: Searches the vector store.
+        searcher: Searches the vector store (None with a service).
         config: The LangChain run's config (its callbacks get the events).
     """
 
-    def __init__(self, searcher: StoreSearcher, config: RunnableConfig) -> None:
+    def __init__(self, searcher: StoreSearcher | None, config: RunnableConfig) -> None:
         self.searcher, self.config = searcher, config
         self.hits: dict[int, list[Hit]] = {}  # step -> the store's documents and raw scores
         self.texts: dict[int, tuple[str | None, str | None]] = {}  # step -> thought, subquery
 
     def search(self, query: SearchQuery) -> list[RetrievedDoc]:
         """Search the store with the store's sync API."""
+        assert self.searcher is not None
         hits = self.searcher.search(query.embedding.tolist(), query.k, query.step)
         self.hits[query.step] = hits
         return as_retrieved(hits)
 
     async def asearch(self, query: SearchQuery) -> list[RetrievedDoc]:
         """Search the store with its async API (a worker thread if it has none)."""
+        assert self.searcher is not None
         hits = await self.searcher.asearch(query.embedding.tolist(), query.k, query.step)
         self.hits[query.step] = hits
         return as_retrieved(hits)
@@ -79,6 +121,8 @@ class Run:
                 "subquery": event.subquery,
             }
         assert isinstance(event, StepEvent)
+        if event.step not in self.hits:  # a service searched its own store
+            self.hits[event.step] = as_hits(event.docs)
         return STEP_EVENT, step_data(
             event.step, event.action, event.forced, self.hits.get(event.step, [])
         )

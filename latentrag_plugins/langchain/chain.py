@@ -1,7 +1,9 @@
 """``LatentRAGChain``: question -> answer, source documents and steps, as a LangChain Runnable.
 
 It replaces a retrieval chain (retriever + prompt + LLM) with one LatentRAG model: the model
-reasons and searches the vector store in latent space, then writes the answer. It works as a
+reasons and searches the vector store in latent space, then writes the answer. With a LatentRAG
+service (``latentrag serve``), ``LatentRAGChain(model="http://host:8000")`` answers there, over
+the service's store. It works as a
 LangGraph node (input ``{"question": ...}``, output merged into the state) and as an agent
 tool (:meth:`LatentRAGChain.as_tool`).
 """
@@ -9,7 +11,7 @@ tool (:meth:`LatentRAGChain.as_tool`).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -21,11 +23,14 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ..engine import question_prompt
-from ..live import check_question, resolve_model
+from ..live import check_question, is_remote, resolve_model, submit
 from ..model import LatentRAG
 from ..results import LatentRAGResult
-from ._run import Run
+from ._run import Run, check_target
 from ._store_adapter import StoreSearcher, check_store
+
+if TYPE_CHECKING:
+    from ..serve.client import RemoteLatentRAG
 from .tool_output import TOOL_DESCRIPTION, tool_content
 
 ChainInput = str | dict[str, Any]
@@ -71,8 +76,12 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: LatentRAG = Field(repr=False, description="LatentRAG model or checkpoint path.")
-    vectorstore: VectorStore = Field(description="Store built with LatentRAGEmbeddings.")
+    model: Any = Field(
+        repr=False, description="LatentRAG model, checkpoint path, or LatentRAG service URL."
+    )
+    vectorstore: VectorStore | None = Field(
+        default=None, description="Store built with LatentRAGEmbeddings (not with a service)."
+    )
     top_k: int | None = Field(
         default=None, ge=1, description="Documents retrieved per latent step (None: the model's)."
     )
@@ -90,15 +99,14 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _load_model(cls, value: Any) -> LatentRAG:
+    def _load_model(cls, value: Any) -> LatentRAG | RemoteLatentRAG:
         return resolve_model(value)
 
     @model_validator(mode="after")
     def _check_store(self) -> LatentRAGChain:
         self.top_k = self.model.config.top_k if self.top_k is None else self.top_k
         self.max_steps = self.model.config.max_steps if self.max_steps is None else self.max_steps
-        StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
-        self._dim_checked = check_store(self.vectorstore, self.model)
+        self._dim_checked = check_target(self.model, self.vectorstore, self.search_kwargs)
         return self
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
@@ -117,7 +125,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     def _runs(self, configs: list[RunnableConfig]) -> list[Run]:
         if not self._dim_checked:
             self._dim_checked = check_store(self.vectorstore, self.model)
-        searcher = StoreSearcher(self.vectorstore, self.search_kwargs)
+        searcher = None
+        if self.vectorstore is not None:
+            searcher = StoreSearcher(self.vectorstore, self.search_kwargs)
         return [Run(searcher, config) for config in configs]
 
     def _options(self) -> dict[str, Any]:
@@ -145,7 +155,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         for value in inputs:
             try:
                 question = self._question(value)
-                question_prompt(self.model, question)
+                if not is_remote(self.model):  # a service checks it against its model
+                    question_prompt(self.model, question)
                 slots.append(question)
             except ValueError as exc:
                 slots.append(exc)
@@ -201,8 +212,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
         valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
         runs = self._runs([config[i] for i in valid])
-        handles = self.model.engine.submit_many(
-            [slots[i] for i in valid], [r.search for r in runs], **self._options()
+        handles = submit(
+            self.model, [slots[i] for i in valid], [r.search for r in runs], **self._options()
         )
         try:
             for i, run, handle in zip(valid, runs, handles):
@@ -240,8 +251,8 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
         valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
         runs = self._runs([config[i] for i in valid])
-        handles = self.model.engine.submit_many(
-            [slots[i] for i in valid], [r.asearch for r in runs], **self._options()
+        handles = submit(
+            self.model, [slots[i] for i in valid], [r.asearch for r in runs], **self._options()
         )
         try:
             for i, run, handle in zip(valid, runs, handles):
@@ -271,7 +282,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     ) -> Iterator[dict[str, Any]]:
         question = self._question(next(inputs))
         (run,) = self._runs([config])
-        handle = self.model.engine.submit(question, run.search, **self._options())
+        (handle,) = submit(self.model, [question], [run.search], **self._options())
         for event in handle.events():  # closing the stream cancels the request
             run.dispatch(event)
             if (chunk := run.step_chunk(event)) is not None:
@@ -299,7 +310,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
     ) -> AsyncIterator[dict[str, Any]]:
         question = self._question(await anext(inputs))
         (run,) = self._runs([config])
-        handle = self.model.engine.submit(question, run.asearch, **self._options())
+        (handle,) = submit(self.model, [question], [run.asearch], **self._options())
         async for event in handle.aevents():  # closing the stream cancels the request
             await run.adispatch(event)
             if (chunk := run.step_chunk(event)) is not None:

@@ -57,7 +57,7 @@ class LatentRAGEmbeddings(BaseModel, Embeddings):
     @field_validator("model", mode="before")
     @classmethod
     def _load_model(cls, value: Any) -> LatentRAG:
-        return resolve_model(value)
+        return resolve_model(value, service=False)
 
     @property
     def encoder_id(self) -> str:

@@ -2,12 +2,14 @@
 
 A drop-in ``BaseRetriever``: where a chain or agent used ``vectorstore.as_retriever()``, use
 ``LatentRAGRetriever(model=model, vectorstore=vectorstore)``. The store must hold vectors from
-the model's document tower (build it with :class:`LatentRAGEmbeddings`).
+the model's document tower (build it with :class:`LatentRAGEmbeddings`). With a LatentRAG
+service (``latentrag serve``), ``LatentRAGRetriever(model="http://host:8000")``: it searches its
+own store.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
@@ -19,10 +21,13 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..live import check_question, resolve_model
+from ..live import check_question, resolve_model, submit
 from ..model import LatentRAG
-from ._run import Run
+from ._run import Run, check_target
 from ._store_adapter import StoreSearcher, check_store, store_embeddings
+
+if TYPE_CHECKING:
+    from ..serve.client import RemoteLatentRAG
 
 _OVERRIDES = ("k", "top_k", "max_steps", "decode")
 
@@ -62,8 +67,12 @@ class LatentRAGRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: LatentRAG = Field(repr=False, description="LatentRAG model or checkpoint path.")
-    vectorstore: VectorStore = Field(description="Store built with LatentRAGEmbeddings.")
+    model: Any = Field(
+        repr=False, description="LatentRAG model, checkpoint path, or LatentRAG service URL."
+    )
+    vectorstore: VectorStore | None = Field(
+        default=None, description="Store built with LatentRAGEmbeddings (not with a service)."
+    )
     k: int = Field(default=4, ge=1, description="Documents returned.")
     top_k: int | None = Field(
         default=None, ge=1, description="Documents retrieved per latent step (None: the model's)."
@@ -79,7 +88,7 @@ class LatentRAGRetriever(BaseRetriever):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _load_model(cls, value: Any) -> LatentRAG:
+    def _load_model(cls, value: Any) -> LatentRAG | RemoteLatentRAG:
         return resolve_model(value)
 
     @model_validator(mode="after")
@@ -87,13 +96,14 @@ class LatentRAGRetriever(BaseRetriever):
         cfg = self.model.config
         self.top_k = cfg.top_k if self.top_k is None else self.top_k
         self.max_steps = max(1, cfg.max_steps) if self.max_steps is None else self.max_steps
-        StoreSearcher(self.vectorstore, self.search_kwargs)  # raises if it cannot search
-        self._dim_checked = check_store(self.vectorstore, self.model)
+        self._dim_checked = check_target(self.model, self.vectorstore, self.search_kwargs)
         if self.tags is None:
             self.tags = self._store_tags()
         return self
 
     def _store_tags(self) -> list[str]:
+        if self.vectorstore is None:
+            return ["LatentRAGService"]
         emb = store_embeddings(self.vectorstore)
         return [type(self.vectorstore).__name__] + ([type(emb).__name__] if emb else [])
 
@@ -101,7 +111,7 @@ class LatentRAGRetriever(BaseRetriever):
         """Trace parameters, naming the vector store and embedding class like
         ``VectorStoreRetriever``."""
         params = super()._get_ls_params(**kwargs)
-        params["ls_vector_store_provider"] = type(self.vectorstore).__name__
+        params["ls_vector_store_provider"] = self._store_tags()[0]
         if (emb := store_embeddings(self.vectorstore)) is not None:
             params["ls_embedding_provider"] = type(emb).__name__
         return params
@@ -121,22 +131,23 @@ class LatentRAGRetriever(BaseRetriever):
             top_k=top_k, max_steps=max_steps, min_steps=1, decode=decode,
             generate_answer=False, final_thought=decode,
         )  # fmt: skip
-        searcher = StoreSearcher(self.vectorstore, {**self.search_kwargs, **kwargs})
+        searcher = None
+        if self.vectorstore is not None:
+            searcher = StoreSearcher(self.vectorstore, {**self.search_kwargs, **kwargs})
         return k, options, Run(searcher, config)
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, options, run = self._start(query, kwargs, {"callbacks": run_manager.get_child()})
-        result = self.model.engine.submit(query, run.search, **options).result(
-            on_event=run.dispatch
-        )
+        (handle,) = submit(self.model, [query], [run.search], **options)
+        result = handle.result(on_event=run.dispatch)
         return run.documents(result, decode=options["decode"])[:k]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, options, run = self._start(query, kwargs, {"callbacks": run_manager.get_child()})
-        handle = self.model.engine.submit(query, run.asearch, **options)
+        (handle,) = submit(self.model, [query], [run.asearch], **options)
         result = await handle.aresult(on_event=run.adispatch)
         return run.documents(result, decode=options["decode"])[:k]

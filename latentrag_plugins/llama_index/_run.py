@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from llama_index.core.instrumentation import Dispatcher
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from ..engine import EndRequest, Event, SearchQuery, StepEvent, ThoughtEvent
 from ..errors import StoreError
@@ -140,19 +140,27 @@ class IndexSearch:
         )
 
 
+def as_node(doc: RetrievedDoc) -> NodeWithScore:
+    """A service's document as a node."""
+    node = TextNode(id_=doc.id, text=doc.text, metadata=dict(doc.metadata))
+    return NodeWithScore(node=node, score=None if math.isnan(doc.score) else doc.score)
+
+
 class Run:
     """One question's search function, the nodes it found and its events.
 
     Args:
-        searcher: How to search the index.
+        searcher: How to search the index (None with a LatentRAG service, which searches its
+            own store: the nodes then come from its step events).
         question: The question.
         dispatcher: Where its instrumentation events go (inside the caller's span).
     """
 
-    def __init__(self, searcher: IndexSearch, question: str, dispatcher: Dispatcher) -> None:
+    def __init__(self, searcher: IndexSearch | None, question: str, dispatcher: Dispatcher) -> None:
         self.searcher, self.question, self.dispatcher = searcher, question, dispatcher
         self.nodes: list[NodeWithScore] = []  # every step's nodes, de-duplicated, annotated
         self.hits: dict[int, list[NodeWithScore]] = {}
+        self.subqueries: dict[int, str | None] = {}  # decoded, from a service's thought events
         self.empty = False  # the first search found nothing: the index is empty
 
     def _bundle(self, query: SearchQuery) -> QueryBundle:
@@ -161,27 +169,35 @@ class Run:
 
     def search(self, query: SearchQuery) -> list[RetrievedDoc]:
         """Search the index (sync)."""
+        assert self.searcher is not None
         return self._found(query, self.searcher.search(self._bundle(query), query.step))
 
     async def asearch(self, query: SearchQuery) -> list[RetrievedDoc]:
         """Search the index (async)."""
+        assert self.searcher is not None
         return self._found(query, await self.searcher.asearch(self._bundle(query), query.step))
 
     def _found(self, query: SearchQuery, found: list[NodeWithScore]) -> list[RetrievedDoc]:
-        self.hits[query.step] = found
         if query.step == 0 and not found:
+            self.hits[query.step] = found
             self.empty = True
             raise EndRequest  # an empty index: nothing more to read
+        self._keep(query.step, found, query.subquery)
+        return [to_doc(n) for n in found]
+
+    def _keep(self, step: int, found: list[NodeWithScore], subquery: str | None) -> None:
+        """Record a step's nodes; add the new ones, annotated, to :attr:`nodes`."""
+        self.hits[step] = found
         seen = {n.node.node_id for n in self.nodes}
         for rank, nws in enumerate(found):
             if nws.node.node_id not in seen:
                 seen.add(nws.node.node_id)
-                self.nodes.append(annotate(nws, query.step, rank, query.subquery))
-        return [to_doc(n) for n in found]
+                self.nodes.append(annotate(nws, step, rank, subquery))
 
     def emit(self, event: Event) -> None:
         """Emit an engine event as a LlamaIndex instrumentation event (answer tokens aside)."""
         if isinstance(event, ThoughtEvent):
+            self.subqueries[event.step] = event.subquery
             emit(
                 self.dispatcher,
                 LatentThoughtEvent(
@@ -192,6 +208,10 @@ class Run:
                 ),
             )
         elif isinstance(event, StepEvent):
+            if self.searcher is None and event.action == "retrieve":  # a service searched
+                self._keep(
+                    event.step, [as_node(d) for d in event.docs], self.subqueries.get(event.step)
+                )
             found = self.hits.get(event.step, [])
             emit(
                 self.dispatcher,

@@ -34,6 +34,10 @@ def document_tower(model: Any) -> EncoderTower:
 
     A path loads only the tower (no LLM), so indexing stays cheap.
     """
+    if isinstance(model, str) and model.startswith(("http://", "https://")):
+        from ..live import resolve_model
+
+        resolve_model(model, service=False)  # raises: a service does not embed
     if isinstance(model, (str, os.PathLike)):
         from ..checkpoint_files import load_document_tower
 
@@ -57,7 +61,7 @@ def _latent_model(model: Any) -> LatentRAG:
             "latent_queries=True needs a LatentRAG model or a checkpoint directory, not "
             f"{type(model).__name__}"
         )
-    return resolve_model(model)
+    return resolve_model(model, service=False)
 
 
 class LatentRAGEmbedding(BaseEmbedding):

@@ -90,7 +90,8 @@ class LatentRAGQueryEngine(BaseQueryEngine):
     at the next token.
 
     Args:
-        model: A :class:`~latentrag_plugins.LatentRAG` or a checkpoint directory.
+        model: A :class:`~latentrag_plugins.LatentRAG`, a checkpoint directory, or a LatentRAG
+            service's URL (``latentrag serve``; it searches its own store: no ``index``).
         index: A ``VectorStoreIndex`` built with the model's document tower; checked.
         streaming: Stream answer tokens.
         decode: Decode each step's latent thought and subquery.
@@ -102,8 +103,8 @@ class LatentRAGQueryEngine(BaseQueryEngine):
 
     def __init__(
         self,
-        model: LatentRAG | str | os.PathLike[str],
-        index: Any,
+        model: LatentRAG | str | os.PathLike[str] | Any,
+        index: Any = None,
         *,
         streaming: bool = False,
         decode: bool = False,

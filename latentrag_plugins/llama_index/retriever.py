@@ -4,6 +4,8 @@
 Each latent step searches the index's own vector retriever with
 ``QueryBundle(query_str=<decoded subquery or question>, embedding=<latent query embedding>)``, so
 any vector store works, including stores that keep no text (FAISS: nodes come from the docstore).
+With a LatentRAG service (``latentrag serve``), ``LatentRAGRetriever("http://host:8000")``: it
+searches its own store.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from llama_index.core.instrumentation import Dispatcher, get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ..engine import RequestHandle
-from ..live import check_question
+from ..live import check_question, is_remote, resolve_model, submit
 from ._run import IndexSearch, Run
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
+    from ..serve.client import RemoteLatentRAG
 
 dispatcher = get_dispatcher(__name__)
 
@@ -62,8 +65,8 @@ class LatentRAGRetriever(BaseRetriever):
 
     def __init__(
         self,
-        model: LatentRAG | str | os.PathLike[str],
-        index: Any,
+        model: LatentRAG | str | os.PathLike[str] | Any,
+        index: Any = None,
         *,
         similarity_top_k: int | None = None,
         top_k: int | None = None,
@@ -75,17 +78,34 @@ class LatentRAGRetriever(BaseRetriever):
     ) -> None:
         if similarity_top_k is not None and similarity_top_k < 1:
             raise ValueError("similarity_top_k must be >= 1")
-        self.searcher = IndexSearch(
-            model, index, top_k=top_k, max_steps=max_steps, retriever_kwargs=retriever_kwargs
-        )
+        self.searcher: IndexSearch | None = None
+        self._model = resolve_model(model)
+        if is_remote(self._model):
+            if index is not None or retriever_kwargs:
+                raise ValueError(
+                    "a LatentRAG service searches its own store: leave index (and "
+                    "retriever_kwargs) out, or pass a model instead of the service's URL"
+                )
+            cfg = self._model.config
+            self.top_k = cfg.top_k if top_k is None else int(top_k)
+            self.max_steps = max(1, cfg.max_steps) if max_steps is None else int(max_steps)
+        else:
+            if index is None:
+                raise ValueError("pass index=... (a VectorStoreIndex built with the model's "
+                                 "document tower), or a LatentRAG service's URL as model")  # fmt: skip
+            self.searcher = IndexSearch(
+                self._model, index, top_k=top_k, max_steps=max_steps,
+                retriever_kwargs=retriever_kwargs,
+            )  # fmt: skip
+            self.top_k, self.max_steps = self.searcher.top_k, self.searcher.max_steps
         self.decode = decode
         self.similarity_top_k = similarity_top_k
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @property
-    def model(self) -> LatentRAG:
-        """The LatentRAG model."""
-        return self.searcher.model
+    def model(self) -> LatentRAG | RemoteLatentRAG:
+        """The LatentRAG model (or service)."""
+        return self._model
 
     def start(
         self, question: str, caller: Any, events: Dispatcher, *, answer: bool, asynchronous: bool
@@ -94,11 +114,12 @@ class LatentRAGRetriever(BaseRetriever):
         question is checked now; errors name ``caller``'s class). Events go to ``events``."""
         check_question(question, type(caller).__name__)
         run = Run(self.searcher, question, events)
-        handle = self.model.engine.submit(
-            question,
-            run.asearch if asynchronous else run.search,
-            top_k=self.searcher.top_k,
-            max_steps=self.searcher.max_steps,
+        (handle,) = submit(
+            self._model,
+            [question],
+            [run.asearch if asynchronous else run.search],
+            top_k=self.top_k,
+            max_steps=self.max_steps,
             min_steps=1,
             decode=self.decode,
             final_thought=self.decode,
