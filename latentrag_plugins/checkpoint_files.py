@@ -21,6 +21,7 @@ from .encoder import (
     resolve_retriever,
 )
 from .errors import CheckpointError
+from .hub import check_hub_source, quiet_loading
 from .io_utils import check_local_source
 from .tokens import load_tokenizer
 
@@ -34,7 +35,8 @@ def load_checked(path: Path, what: str, loader: Any) -> Any:
     if not path.exists():
         raise CheckpointError(f"{path}: missing {what} file(s)")
     try:
-        return loader(str(path))
+        with quiet_loading():
+            return loader(str(path))
     except CheckpointError:
         raise
     except Exception as exc:  # transformers/safetensors raise many types on corrupt files
@@ -109,8 +111,10 @@ def retriever_tower(
 def load_base_llm(base_model: str, trust: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A base LLM and its tokenizer, by hub id or local path (a model's ``init``)."""
     check_local_source(base_model, "base model")
-    tok = load_tokenizer(base_model, trust)
-    llm = AutoModelForCausalLM.from_pretrained(
-        base_model, trust_remote_code=trust, use_safetensors=True
-    )
+    check_hub_source(base_model, "base model")
+    with quiet_loading():
+        tok = load_tokenizer(base_model, trust)
+        llm = AutoModelForCausalLM.from_pretrained(
+            base_model, trust_remote_code=trust, use_safetensors=True
+        )
     return llm, tok

@@ -22,6 +22,7 @@ from .config import DEFAULT_RETRIEVER, Pooling
 from .encoder_identity import canonical_retriever_id, resolve_retriever
 from .encoder_identity import same_encoder as same_encoder  # where callers have imported it
 from .errors import CheckpointError
+from .hub import check_hub_source, quiet_loading
 from .io_utils import check_local_source
 from .speed import fast_bert
 
@@ -61,11 +62,13 @@ def load_encoder(
     """Load an HF encoder and its tokenizer; returns ``(model, tokenizer, resolved_path)``."""
     check_local_source(name_or_path, "retriever")
     path = resolve_retriever(name_or_path)
+    check_hub_source(path, "retriever")
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(
-            path, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(
+                path, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
     except OSError as exc:
         hint = ""
         if canonical_retriever_id(name_or_path) == DEFAULT_RETRIEVER:

@@ -24,6 +24,7 @@ from .config import LatentRAGConfig, fit_loaded_budget
 from .devices import auto_dtypes, default_dtype, resolve_device
 from .encoder import EncoderTower, load_encoder
 from .errors import CheckpointError
+from .hub import check_hub_source, quiet_loading
 from .io_utils import atomic_path
 from .projector import Projector
 from .tokens import load_tokenizer
@@ -226,10 +227,12 @@ class ModelFiles:
 
 def _load_base(base_model: str, trust: bool, dtype: torch.dtype) -> PreTrainedModel:
     """A LoRA checkpoint's base LLM, in the dtype it was trained in."""
+    check_hub_source(base_model, "the LoRA checkpoint's base model (config.json base_model)")
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            base_model, trust_remote_code=trust, use_safetensors=True, dtype=dtype
-        )
+        with quiet_loading():
+            return AutoModelForCausalLM.from_pretrained(
+                base_model, trust_remote_code=trust, use_safetensors=True, dtype=dtype
+            )
     except Exception as exc:  # hub, path and format errors come in many types
         raise CheckpointError(
             f"could not load the LoRA checkpoint's base model {base_model!r} (config.json "
