@@ -44,10 +44,19 @@ def test_the_probe_answers_once_per_endpoint(monkeypatch):
 
 
 def test_loading_a_model_prints_no_progress_bar(model, tmp_path, capfd):
+    """Even where transformers shows its bars (here they are off for the whole test run)."""
+    from transformers.utils import logging as hf_logging
+
     from latentrag_plugins import LatentRAG
 
     model.save_pretrained(tmp_path / "m")
     capfd.readouterr()
-    LatentRAG.from_pretrained(tmp_path / "m", device="cpu")
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        LatentRAG.from_pretrained(tmp_path / "m", device="cpu")
+    finally:
+        if not shown:
+            hf_logging.disable_progress_bar()
     out = capfd.readouterr()
     assert "Loading weights" not in out.err + out.out and "%|" not in out.err
