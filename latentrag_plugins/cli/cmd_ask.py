@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import add_device_arg, add_dtype_arg, add_extractive_arg, add_model_arg, dtype_kwargs
 
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..baselines.explicit import ExplicitAgent, is_explicit_checkpoint
-    from ..demo.assets import resolve_checkpoint
+    from ..demo.assets import DEMO_CHECKPOINTS, resolve_checkpoint
     from .common import load_index, load_model, print_json
 
     if not args.question.strip():
@@ -59,13 +60,28 @@ def run(args: argparse.Namespace) -> int:
     res = model.run(args.question, store, top_k=args.top_k, **kwargs)
     if args.json:
         print_json(res)
-        return 0
-    print_result(res)
+    else:
+        print_result(res, decoded=args.decode and not explicit)
+    if str(args.model) in DEMO_CHECKPOINTS:
+        from ..demo.out_of_world import out_of_world_note
+
+        note = out_of_world_note(args.question, [d for s in res.steps for d in s.docs])
+        if note:
+            print(note, file=sys.stderr)
     return 0
 
 
-def print_result(res) -> None:  # noqa: ANN001 - LatentRAGResult
-    """Print a result for people: steps, documents, answer, timings and counts."""
+THOUGHTS_NOTE = (
+    "(thoughts and subqueries: the latent steps decoded back to text by a small decoder, a view "
+    "of what each step was about, not the model's reasoning word for word)"
+)
+
+
+def print_result(res, decoded: bool = False) -> None:  # noqa: ANN001 - LatentRAGResult
+    """Print a result for people: steps, documents, answer, timings and counts (``decoded``:
+    its thoughts were decoded from latent tokens, which a note says)."""
+    if decoded:
+        print(THOUGHTS_NOTE)
     for s in res.steps:
         head = f"step {s.index}: {s.action}" + (
             " (forced: step limit or context budget)" if s.forced else ""

@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     model.engine.warmup()  # untimed: first calls pay one-off costs (kernels, packed weights)
     explicit.engine.warmup()
     naive.run(questions[0][0], store)
+    from .cmd_ask import THOUGHTS_NOTE
+
+    print(THOUGHTS_NOTE)
     for question, golds in questions:
         _show(question, golds, model, explicit, naive, store)
     return 0
@@ -138,6 +141,12 @@ def _show(question, golds, model, explicit, naive, store) -> None:  # noqa: ANN0
             f"{r.forward_passes:4d} passes  "
             f"{sum(s.action == 'retrieve' for s in r.steps)} retrievals"
         )
+    if not golds:  # a question of the user's: say when the world does not hold it
+        from ..demo.out_of_world import out_of_world_note
+
+        note = out_of_world_note(question, [d for s in latent.steps for d in s.docs])
+        if note:
+            print(f"  {note}")
 
 
 def _json_report(args, model, explicit, naive, store, questions_path) -> int:  # noqa: ANN001

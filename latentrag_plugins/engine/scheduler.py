@@ -134,8 +134,10 @@ class LatentScheduler:
         fed = [r for r in stepping if plans[id(r)] is not None]
         if not fed:
             return []
-        jobs = step_pass(self.model, fed, [plans[id(r)] for r in fed])
-        self.stats.count(len(fed))
+        jobs = []
+        for group in by_length(fed, lambda r: len(r.pending) + len(plans[id(r)].slots)):
+            jobs += step_pass(self.model, group, [plans[id(r)] for r in group])
+            self.stats.count(len(group))
         decoding = [r for r in fed if r.options.decode]
         if decoding:
             self._decode(decoding)
@@ -173,3 +175,18 @@ class LatentScheduler:
         result = request.finish()
         if request.options.logit_lens:
             logit_lens_tokens(self.model, [result])
+
+
+def by_length(
+    reqs: list[LatentRequest], length: Callable[[LatentRequest], int], spread: float = 2.0
+) -> list[list[LatentRequest]]:
+    """Requests grouped for step passes so that padding stays small: a group's longest chunk is
+    at most ``spread`` times its shortest (a prompt is fed apart from a step's documents, which
+    are several times longer, instead of being padded to them)."""
+    groups: list[list[LatentRequest]] = []
+    for r in sorted(reqs, key=length):
+        if groups and length(r) <= spread * length(groups[-1][0]):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
