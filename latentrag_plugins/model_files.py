@@ -143,6 +143,11 @@ class ModelFiles:
         from .baselines.explicit_config import refuse_explicit
 
         refuse_explicit(root)
+        if not (root / "config.json").is_file():
+            raise CheckpointError(
+                f"{root}: not a LatentRAG checkpoint (no config.json); make one with "
+                "`latentrag init` (untrained) or `latentrag train`, or pass `demo`"
+            )
         cfg = LatentRAGConfig.load(root / "config.json")
         trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
         tok = load_checked(

@@ -129,3 +129,13 @@ def test_init_checks_settings_before_building_a_model(tmp_path, capsys, monkeypa
     argv = ["init", "--base-model", "random:tiny", str(tmp_path / "e"), "--explicit", "--json"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "explicit"
+
+
+def test_two_common_slips_get_a_clear_way_out(tmp_path, capsys):
+    """An index path that is a corpus file, and a directory that holds no checkpoint."""
+    (tmp_path / "empty").mkdir()
+    corpus = str(EXAMPLES / "corpus.jsonl")
+    assert main(["ask", "--model", "demo", "--index", corpus, "Who?"]) != 0
+    assert "`latentrag index corpus.jsonl INDEX_DIR`" in capsys.readouterr().err
+    assert main(["ask", "--model", str(tmp_path / "empty"), "--index", corpus, "Who?"]) != 0
+    assert "not a LatentRAG checkpoint (no config.json)" in capsys.readouterr().err

@@ -55,6 +55,11 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, str, int, int]:
             format version or another metric (the message names the file).
     """
     root = readable_dir(path)
+    if root.is_file():
+        raise StoreError(
+            f"{root} is a file, not an index directory: build an index from a corpus with "
+            f"`latentrag index {root.name} INDEX_DIR` (or FaissStore.build), then pass INDEX_DIR"
+        )
     if not root.is_dir():
         raise StoreError(f"{root}: store directory not found")
     mpath = root / MANIFEST_FILE
