@@ -68,3 +68,13 @@ def tower_auto_dtype(device: torch.device) -> torch.dtype:
     """The dtype a document tower loaded alone takes by default (as it would beside its model)."""
     dtype, wide = auto_dtypes(device)
     return tower_dtype(device, wide or dtype)
+
+
+def loaded_dtypes(
+    device: torch.device, dtype: torch.dtype | None, wide_dtype: torch.dtype | None
+) -> tuple[torch.dtype, torch.dtype | None]:
+    """The dtypes of a model loaded with ``dtype`` and ``wide_dtype`` (both None:
+    :func:`auto_dtypes`; only ``wide_dtype``: float32 or the device's default beside it)."""
+    if dtype is None and wide_dtype is None:
+        return auto_dtypes(device)
+    return dtype or default_dtype(device), wide_dtype

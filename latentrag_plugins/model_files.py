@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from .checkpoint_files import RETRIEVER_DIR, load_checked, retriever_loadable, trust_remote
 from .config import LatentRAGConfig, fit_loaded_budget
-from .devices import auto_dtypes, default_dtype, resolve_device
+from .devices import loaded_dtypes, resolve_device
 from .encoder import EncoderTower, load_encoder
 from .errors import CheckpointError
 from .hub import check_hub_source, quiet_loading
@@ -189,9 +189,7 @@ class ModelFiles:
         except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = resolve_device(device)
-        if dtype is None and wide_dtype is None:
-            dtype, wide_dtype = auto_dtypes(dev)
-        return model.to_device(dev, dtype or default_dtype(dev), wide_dtype)
+        return model.to_device(dev, *loaded_dtypes(dev, dtype, wide_dtype))
 
     @staticmethod
     def _load_llm(

@@ -3,6 +3,7 @@ all-MiniLM-L6-v2 retriever, and a FAISS store over the example corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -118,3 +119,43 @@ def trace(results) -> list:
         ([s.action for s in r.steps], [[d.id for d in s.docs] for s in r.steps], r.answer)
         for r in results
     ]
+
+
+def pace_tokens(monkeypatch, seconds: float) -> dict:
+    """Make the engine generate an answer token every ``seconds``; the returned dict fills with
+    the tokens each request generated, in request order."""
+    import time
+
+    from latentrag_plugins.engine.answer_text import AnswerText
+
+    add, written = AnswerText.add, {}
+
+    def paced(self, token: int) -> None:
+        time.sleep(seconds)
+        add(self, token)
+        written.setdefault(self, []).append(token)
+
+    monkeypatch.setattr(AnswerText, "add", paced)
+    return written
+
+
+@contextlib.contextmanager
+def served_on_localhost(app):
+    """Serve an ASGI app with uvicorn in this process on a free local port; yields its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

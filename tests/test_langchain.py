@@ -31,7 +31,7 @@ from latentrag_plugins.langchain import (  # noqa: E402
     LatentRAGRetriever,
 )
 from latentrag_plugins.store.corpus import read_corpus  # noqa: E402
-from tests.conftest import EXAMPLES, ForceActions, make_model  # noqa: E402
+from tests.conftest import EXAMPLES, ForceActions, make_model, pace_tokens  # noqa: E402
 
 Q = "In which country was Marie Curie born?"
 COUNTS = ("forward_passes", "input_tokens", "output_tokens")
@@ -476,24 +476,6 @@ def test_concurrent_and_cancelled_chain_calls_do_not_deadlock(lc_model, vs):
     assert got == want and after == want[0]
 
 
-def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[int]]:
-    """Make the engine generate an answer token every ``seconds``; the returned dict fills with
-    the tokens each request generated, in request order."""
-    import time
-
-    from latentrag_plugins.engine.answer_text import AnswerText
-
-    add, written = AnswerText.add, {}
-
-    def paced(self: Any, token: int) -> None:
-        time.sleep(seconds)
-        add(self, token)
-        written.setdefault(self, []).append(token)
-
-    monkeypatch.setattr(AnswerText, "add", paced)
-    return written
-
-
 @pytest.mark.parametrize("slow_handler", [False, True])
 def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     lc_model, vs, monkeypatch, slow_handler
@@ -510,7 +492,7 @@ def test_a_cancelled_call_stops_its_answer_at_the_next_token(
     model = copy.deepcopy(lc_model)
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
     assert chain.invoke(Q)["output_tokens"] == model.config.max_answer_tokens
-    written = _pace_tokens(monkeypatch, 0.05)
+    written = pace_tokens(monkeypatch, 0.05)
 
     class CancelOnFirstToken(AsyncCallbackHandler):
         task: asyncio.Task | None = None
@@ -557,7 +539,7 @@ def test_a_raising_token_handler_fails_the_call_and_ends_its_answer(
 
     model = copy.deepcopy(lc_model)
     chain = LatentRAGChain(model=model, vectorstore=vs, max_steps=2)
-    written = _pace_tokens(monkeypatch, 0.02)
+    written = pace_tokens(monkeypatch, 0.02)
 
     class Boom(RuntimeError):
         pass

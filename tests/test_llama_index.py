@@ -55,7 +55,7 @@ from latentrag_plugins.llama_index import (  # noqa: E402
 )
 from latentrag_plugins.llama_index.manifest import MANIFEST_FILE  # noqa: E402
 from latentrag_plugins.store.corpus import read_corpus  # noqa: E402
-from tests.conftest import EXAMPLES, ForceActions, make_model  # noqa: E402
+from tests.conftest import EXAMPLES, ForceActions, make_model, pace_tokens  # noqa: E402
 
 Q = "In which country was Marie Curie born?"
 
@@ -392,22 +392,6 @@ def test_query_engine_response_streaming_and_async(lmodel, index, collect):
     assert spans == {"LatentRAGQueryEngine._query", "LatentRAGQueryEngine._aquery"}
 
 
-def _pace_tokens(monkeypatch: Any, seconds: float) -> dict[Any, list[int]]:
-    """Make the engine generate an answer token every ``seconds``; the returned dict fills with
-    the tokens each request generated, in request order."""
-    from latentrag_plugins.engine.answer_text import AnswerText
-
-    add, written = AnswerText.add, {}
-
-    def paced(self: Any, token: int) -> None:
-        time.sleep(seconds)
-        add(self, token)
-        written.setdefault(self, []).append(token)
-
-    monkeypatch.setattr(AnswerText, "add", paced)
-    return written
-
-
 def test_abandoned_async_stream_stops_its_request(lmodel, index, monkeypatch):
     """Cancelling an async streaming query before its answer starts cancels its store search in
     progress; closing its stream after the first piece ends the answer at the next token."""
@@ -445,7 +429,7 @@ def test_abandoned_async_stream_stops_its_request(lmodel, index, monkeypatch):
 
     asyncio.run(cancel_while_searching())
     assert outcome == ["search cancelled"]
-    written = _pace_tokens(monkeypatch, 0.05)
+    written = pace_tokens(monkeypatch, 0.05)
 
     async def close_after_first_piece() -> None:
         stream = (await engine.aquery(Q)).async_response_gen()
@@ -515,7 +499,7 @@ def test_cancelled_async_query_ends_its_answer(lmodel, index, monkeypatch):
     model = copy.deepcopy(lmodel)  # its own engine
     engine = LatentRAGQueryEngine(model=model, index=index)
     full = engine.query(Q).metadata["output_tokens"]
-    written = _pace_tokens(monkeypatch, 0.05)
+    written = pace_tokens(monkeypatch, 0.05)
 
     async def main() -> None:
         task = asyncio.create_task(engine.aquery(Q))
@@ -541,7 +525,7 @@ def test_closed_sync_stream_ends_its_answer(lmodel, index, monkeypatch):
 
     model = copy.deepcopy(lmodel)  # its own engine
     engine = LatentRAGQueryEngine(model=model, index=index, streaming=True)
-    written = _pace_tokens(monkeypatch, 0.05)
+    written = pace_tokens(monkeypatch, 0.05)
     gen = engine.query(Q).response_gen
     assert next(gen)
     gen.close()

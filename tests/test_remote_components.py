@@ -4,18 +4,17 @@ a model and a store gives the answers, documents and events the model gives in-p
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from latentrag_plugins.serve import ServeConfig, ServiceUnavailable  # noqa: E402
 from latentrag_plugins.serve.api import make_api  # noqa: E402
 from latentrag_plugins.serve.service import Service  # noqa: E402
 from latentrag_plugins.serve.stores import store_search  # noqa: E402
+from tests.conftest import served_on_localhost  # noqa: E402
 
 Q = "In which country was Marie Curie born?"
 STEP, THOUGHT, TOKEN = "latentrag_step", "latentrag_thought", "latentrag_token"
@@ -26,20 +25,10 @@ def url(model, store):
     """A replica's app over the test model and store, on a local port (no Ray)."""
     service = Service(ServeConfig(model="tiny", index="examples"), model=model,
                       store=store_search(store, model, "examples"))  # fmt: skip
-    server = uvicorn.Server(
-        uvicorn.Config(make_api(service), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        with served_on_localhost(make_api(service)) as address:
+            yield address
     finally:
-        server.should_exit = True
-        thread.join(30)
         model.set_engine()
 
 

@@ -25,7 +25,7 @@ from latentrag_plugins.serve import (
     ServiceUnavailable,
 )
 from latentrag_plugins.serve.stores import load_store, store_search
-from tests.conftest import trace
+from tests.conftest import served_on_localhost, trace
 
 uvicorn = pytest.importorskip("uvicorn")
 from latentrag_plugins.serve.api import make_api  # noqa: E402
@@ -71,22 +71,12 @@ def served(model, store):
     marked = MarkedStore(store)
     config = ServeConfig(model="tiny", index="examples")
     service = Service(config, model=model, store=store_search(marked, model, "examples"))
-    server = uvicorn.Server(
-        uvicorn.Config(make_api(service), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield service, marked, f"http://127.0.0.1:{port}"
+        with served_on_localhost(make_api(service)) as url:
+            yield service, marked, url
+            marked.gate.set()
     finally:
         marked.gate.set()
-        server.should_exit = True
-        thread.join(30)
         model.set_engine()  # the session's model gets a default engine back
 
 

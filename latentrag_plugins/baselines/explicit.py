@@ -375,7 +375,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         """
         from ..checkpoint_files import load_checked, trust_remote
         from ..demo.assets import resolve_checkpoint
-        from ..devices import auto_dtypes, default_dtype, resolve_device
+        from ..devices import loaded_dtypes, resolve_device
 
         root = resolve_checkpoint(path)
         if not root.is_dir():
@@ -404,9 +404,7 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         except ValueError as exc:
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
         dev = resolve_device(device)
-        if dtype is None and wide_dtype is None:  # --dtype auto: the fastest for the device
-            dtype, wide_dtype = auto_dtypes(dev)
-        return agent.to_device(dev, dtype or default_dtype(dev), wide_dtype)
+        return agent.to_device(dev, *loaded_dtypes(dev, dtype, wide_dtype))
 
 
 __all__ = ["ExplicitAgent", "ExplicitConfig", "ExplicitForce", "is_explicit_checkpoint"]

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..engine.in_flight import InFlight
 from ..engine.passes import elapsed_ms
-from ..engine.request import PassStats, Phase, SearchJob
+from ..engine.request import Phase, SearchJob
 from ..engine.rows import open_context, split
 from ..engine.token_group import TokenGroup
 from ..runtime import check_questions, eval_mode
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .explicit import ExplicitAgent
 
 
-class ExplicitScheduler:
+class ExplicitScheduler(InFlight):
     """The explicit agent's requests in flight and the passes that move them.
 
     Args:
@@ -37,12 +38,10 @@ class ExplicitScheduler:
     """
 
     def __init__(self, agent: ExplicitAgent) -> None:
+        super().__init__(agent.llm, agent.pad_id)
         self.agent = agent
-        self.requests: list[ExplicitRequest] = []
-        self.stats = PassStats()
         # a short forced search turn, then a short answer turn: every kind of pass, quickly
         self.warmup_options = {"max_turns": 1, "force": [ExplicitForce((8, 8), (6,), 4)]}
-        self.group = TokenGroup(agent.llm, agent.pad_id)
         self._templates: dict[bool, ForceTemplate] = {}
 
     # ------------------------------------------------------------------ requests
@@ -91,23 +90,6 @@ class ExplicitScheduler:
                 f"max_context_tokens budget of {cfg.max_context_tokens}: {question[:60]!r}..."
             )
         return ids
-
-    def add(self, request: ExplicitRequest) -> None:
-        """Take a new request in; it feeds its prompt at the next round."""
-        self.requests.append(request)
-
-    def remove(self, request: ExplicitRequest) -> None:
-        """Drop a request (cancelled or failed) and its cache."""
-        if request in self.requests:
-            self.requests.remove(request)
-        if request in self.group:
-            self.group.release(request, keep_cache=False)
-        request.kv = type(request.kv)()
-        request.phase = Phase.DONE
-
-    def runnable(self) -> bool:
-        """Whether a round has a pass to run."""
-        return any(r.phase in (Phase.FEED, Phase.GENERATE) for r in self.requests)
 
     def deliver(self, request: ExplicitRequest, docs: list[Any]) -> None:
         """Hand a request the documents of its search."""

@@ -66,22 +66,20 @@ class RequestHandle:
             TimeoutError: Nothing came within ``timeout`` seconds.
             The request's own error, once its events are read.
         """
-        if self._end is None:
-            item = self._channel.get(timeout)
-            if not isinstance(item, _End):
-                return item
-            self._end = item
-        if self._end.error is not None:
-            raise self._end.error
-        return None
+        return self._read(None if self._end is not None else self._channel.get(timeout))
 
     async def anext_event(self) -> Event | None:
         """Async :meth:`next_event`; it may be awaited on any event loop."""
-        if self._end is None:
-            item = await self._channel.aget()
-            if not isinstance(item, _End):
-                return item
+        return self._read(None if self._end is not None else await self._channel.aget())
+
+    def _read(self, item: Any) -> Event | None:
+        """An item read from the channel (None: the end was read before) as an event, or
+        None at the end (raising the request's error)."""
+        if item is not None and not isinstance(item, _End):
+            return item
+        if item is not None:
             self._end = item
+        assert self._end is not None
         if self._end.error is not None:
             raise self._end.error
         return None

@@ -20,16 +20,17 @@ from ..results import RetrievedDoc, Step
 from ..runtime import check_questions, eval_mode
 from .answer_text import AnswerText
 from .events import Event, StepEvent, ThoughtEvent
+from .in_flight import InFlight
 from .passes import plan_step, step_pass, token_pass
 from .prompt import question_prompt
-from .request import LatentRequest, PassStats, Phase, RequestOptions, SearchJob, piece_sink
+from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
 from .token_group import TokenGroup
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
 
 
-class LatentScheduler:
+class LatentScheduler(InFlight):
     """The requests in flight on one model, and the passes that move them.
 
     Args:
@@ -37,11 +38,9 @@ class LatentScheduler:
     """
 
     def __init__(self, model: LatentRAG) -> None:
+        super().__init__(model.llm, model.ids.pad)
         self.model = model
-        self.requests: list[LatentRequest] = []
-        self.stats = PassStats()
         self.warmup_options = {"min_steps": 1, "max_steps": 1}
-        self.group = TokenGroup(model.llm, model.ids.pad)
 
     def new_requests(
         self,
@@ -64,23 +63,6 @@ class LatentScheduler:
             LatentRequest(p, q, opts, AnswerText(tokenizer, piece_sink(emit)), emit, fn, loop)
             for q, p, emit, fn, loop in zip(questions, prompts, emits, searches, loops)
         ]
-
-    def add(self, request: LatentRequest) -> None:
-        """Take a new request in; it feeds its prompt at the next round."""
-        self.requests.append(request)
-
-    def remove(self, request: LatentRequest) -> None:
-        """Drop a request (cancelled or failed) and its cache."""
-        if request in self.requests:
-            self.requests.remove(request)
-        if request in self.group:
-            self.group.release(request, keep_cache=False)
-        request.kv = type(request.kv)()
-        request.phase = Phase.DONE
-
-    def runnable(self) -> bool:
-        """Whether a round has a pass to run (some request is not waiting for its store)."""
-        return any(r.phase in (Phase.FEED, Phase.GENERATE) for r in self.requests)
 
     def round(self) -> tuple[list[SearchJob], list[LatentRequest]]:
         """Run one step pass and one token pass over the requests ready for them.

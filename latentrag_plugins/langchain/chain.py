@@ -22,7 +22,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.vectorstores import VectorStore
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..engine import question_prompt
+from ..engine import RequestHandle, question_prompt
 from ..live import check_question, is_remote, resolve_model, submit
 from ..model import LatentRAG
 from ..results import LatentRAGResult
@@ -209,14 +209,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         config: list[RunnableConfig],
         single: bool = False,
     ) -> list[Any]:
-        slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
-        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
-        runs = self._runs([config[i] for i in valid])
-        handles = submit(
-            self.model, [slots[i] for i in valid], [r.search for r in runs], **self._options()
-        )
+        slots, sent = self._send(inputs, config, single, asynchronous=False)
         try:
-            for i, run, handle in zip(valid, runs, handles):
+            for i, run, handle in sent:
                 try:
                     slots[i] = self._output(handle.result(on_event=run.dispatch), run)
                 except Exception as exc:  # this input fails alone
@@ -224,9 +219,21 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
                         raise
                     slots[i] = exc
         finally:
-            for handle in handles:
+            for _, _, handle in sent:
                 handle.cancel()  # those still running, if a callback raised
         return slots
+
+    def _send(
+        self, inputs: list[Any], config: list[RunnableConfig], single: bool, asynchronous: bool
+    ) -> tuple[list[Any], list[tuple[int, Run, RequestHandle]]]:
+        """Each input's question (or its error, in ``slots``), and for the valid ones their
+        index, run and handle, all sent at once."""
+        slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
+        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
+        runs = self._runs([config[i] for i in valid])
+        searches = [r.asearch if asynchronous else r.search for r in runs]
+        handles = submit(self.model, [slots[i] for i in valid], searches, **self._options())
+        return slots, list(zip(valid, runs, handles))
 
     async def abatch(
         self,
@@ -248,14 +255,9 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
         config: list[RunnableConfig],
         single: bool = False,
     ) -> list[Any]:
-        slots = [self._question(inputs[0])] if single else self._parse_all(inputs)
-        valid = [i for i, s in enumerate(slots) if isinstance(s, str)]
-        runs = self._runs([config[i] for i in valid])
-        handles = submit(
-            self.model, [slots[i] for i in valid], [r.asearch for r in runs], **self._options()
-        )
+        slots, sent = self._send(inputs, config, single, asynchronous=True)
         try:
-            for i, run, handle in zip(valid, runs, handles):
+            for i, run, handle in sent:
                 try:
                     slots[i] = self._output(await handle.aresult(on_event=run.adispatch), run)
                 except Exception as exc:  # this input fails alone
@@ -263,7 +265,7 @@ class LatentRAGChain(RunnableSerializable[ChainInput, dict[str, Any]]):
                         raise
                     slots[i] = exc
         finally:
-            for handle in handles:
+            for _, _, handle in sent:
                 handle.cancel()  # those still running, if cancelled or a callback raised
         return slots
 
