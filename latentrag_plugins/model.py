@@ -258,7 +258,8 @@ class LatentRAG(ModelFiles, WideTwin, DocumentTowerAPI, nn.Module):
         Args:
             question: The question; empty or whitespace-only raises ValueError.
             store: The vector store, built with this model's document tower.
-            decode: Also decode every latent thought and subquery to text (one batched pass).
+            decode: Also decode every latent thought and subquery to text, step by step (one
+                batched generation per step, shared with other requests).
             max_steps: Most retrieval steps (default ``config.max_steps``).
             top_k: Documents per step (default ``config.top_k``).
             logit_lens: Add the top-5 vocabulary tokens of each latent token to each step.

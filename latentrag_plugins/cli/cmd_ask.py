@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("question", help="The question.")
-    add_model_arg(p, what="LatentRAG (or explicit agent) checkpoint directory")
+    add_model_arg(p, what="LatentRAG (or explicit agent) checkpoint directory", explicit=True)
     p.add_argument("--index", required=True, metavar="DIR", help="FAISS index directory.")
     p.add_argument("--decode", action="store_true", help="Decode latent thoughts and subqueries.")
     p.add_argument("--logit-lens", action="store_true", help="Show top tokens of latent tokens.")
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 THOUGHTS_NOTE = (
-    "(thoughts and subqueries: the latent steps decoded back to text by a small decoder, a view "
-    "of what each step was about, not the model's reasoning word for word)"
+    "(thoughts and subqueries: the latent steps read back as text by the LLM through a small "
+    "projector, a view of what each step was about, not the model's reasoning word for word)"
 )
 
 

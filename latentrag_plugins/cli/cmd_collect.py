@@ -84,6 +84,7 @@ def _teacher(args: argparse.Namespace) -> tuple[object, object]:
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.explicit_config import is_explicit_checkpoint
     from ..demo.assets import resolve_checkpoint
+    from ..devices import loaded_dtypes, resolve_device
     from ..store.faiss_store import FaissStore
     from .common import dtype_kwargs
 
@@ -94,9 +95,13 @@ def _teacher(args: argparse.Namespace) -> tuple[object, object]:
         agent = ExplicitAgent.from_pretrained(
             root, device=args.device, trust_remote_code=args.trust_remote_code, **kw
         )
-    else:
+    else:  # a causal LM: built as an agent, run in the dtypes a loaded one would take
+        dev = resolve_device(args.device)
+        dtype, wide = loaded_dtypes(dev, kw["dtype"], kw["wide_dtype"])
         agent = ExplicitAgent.init(
-            args.teacher, store.encoder_id, device=args.device, dtype=kw["dtype"],
+            args.teacher, store.encoder_id, device=dev, dtype=dtype,
             trust_remote_code=args.trust_remote_code,
         )  # fmt: skip
+        if wide is not None:
+            agent.to_device(dev, dtype, wide)
     return store, agent

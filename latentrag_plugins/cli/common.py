@@ -26,15 +26,16 @@ def add_model_arg(
     p: argparse.ArgumentParser,
     required: bool = True,
     what: str = "LatentRAG checkpoint directory",
+    explicit: bool = False,
 ) -> None:
-    """``--model DIR``: a checkpoint directory, ``demo`` or ``demo-explicit`` for the shipped
-    ones (and ``--trust-remote-code``)."""
-    p.add_argument(
-        "--model",
-        required=required,
-        metavar="DIR",
-        help=f"{what} (`demo`, `demo-explicit`: the shipped demo checkpoints).",
+    """``--model DIR``: a checkpoint directory, or ``demo`` (and, where an explicit agent will
+    do, ``demo-explicit``) for the shipped ones; and ``--trust-remote-code``."""
+    shipped = (
+        "`demo`, `demo-explicit`: the shipped demo checkpoints"
+        if explicit
+        else ("`demo`: the shipped demo model")
     )
+    p.add_argument("--model", required=required, metavar="DIR", help=f"{what} ({shipped}).")
     add_trust_arg(p)
 
 
