@@ -42,7 +42,7 @@ def test_bench_tiny_json_contract(capsys):
     assert code == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["shape"] == "tiny" and isinstance(rep["machine"], dict)
-    assert rep["dtype"] == "float32"  # auto on CPU
+    assert rep["dtype"] in ("float32", "float32+bfloat16")  # auto on CPU: as a loaded model
     _check_methods(rep["methods"], [1, 2])
     assert set(rep["ratios"]) >= {"latent_vs_explicit", "latent_vs_naive"}
     m = rep["methods"]
@@ -55,16 +55,21 @@ def test_bench_tiny_json_contract(capsys):
     assert m["latent"]["forward_passes"] == 3 + m["latent"]["output_tokens"] - 1
 
 
-def test_bench_bfloat16_keeps_the_forced_shape():
-    """``--dtype bfloat16`` (CPUs with AMX): same forced actions and lengths, in bfloat16."""
+@pytest.mark.parametrize(
+    ("dtype", "name"), [("bfloat16", "bfloat16"), ("mixed", "float32+bfloat16")]
+)
+def test_bench_low_precision_keeps_the_forced_shape(dtype: str, name: str):
+    """``--dtype bfloat16`` and ``mixed`` (CPUs with AMX): same forced actions and lengths."""
     rep = run_bench(
-        BenchConfig(shape="tiny", corpus_size=300, questions=2, batches=(1,), dtype="bfloat16",
+        BenchConfig(shape="tiny", corpus_size=300, questions=2, batches=(1,), dtype=dtype,
                     show_progress=False)
     )  # fmt: skip
-    assert rep["dtype"] == "bfloat16"
+    assert rep["dtype"] == name
     m = rep["methods"]
     assert m["latent"]["mean_steps"] == m["explicit"]["mean_steps"] == 2
+    assert m["naive"]["mean_steps"] == 1
     assert m["explicit"]["output_tokens"] > 100 > m["latent"]["output_tokens"] > 0
+    assert m["latent"]["forward_passes"] == 3 + m["latent"]["output_tokens"] - 1
     with pytest.raises(ValueError, match="unknown dtype"):
         build(BenchConfig(shape="tiny", dtype="int8"))
 

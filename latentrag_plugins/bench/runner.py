@@ -25,7 +25,7 @@ from . import synthetic
 METHODS = ("latent", "explicit", "naive")
 LLM_CHOICES = ("tiny", "qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-7b")
 RETRIEVER_CHOICES = ("minilm", "qwen3-emb-0.6b")
-DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "mixed")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class BenchConfig:
     batches: Sequence[int] = (1, 8, 32)  # batch sizes for throughput
     decode: bool = False  # LatentRAG also decodes its thoughts and subqueries
     device: str | None = None  # None: CUDA when available
-    dtype: str = "auto"  # "auto" (bfloat16 on GPU, float32 on CPU), "float32" or "bfloat16"
+    dtype: str = "auto"  # "auto" (as a loaded model: devices.auto_dtypes), or a DTYPE_CHOICES
     threads: int | None = None  # torch CPU threads (None: auto, 1 for tiny shapes)
     doc_tokens: int = 130  # LLM tokens per document
     top_k: int = 3  # documents per retrieval
@@ -98,11 +98,11 @@ def machine_info(device: Any) -> dict[str, Any]:
 
 def build(cfg: BenchConfig) -> Setup:
     """Build the random-weight models, the synthetic store and the questions."""
-    import torch
 
     from ..baselines.explicit import ExplicitAgent
     from ..baselines.naive import NaiveRAG
-    from ..devices import default_dtype, resolve_device
+    from ..cli.common import dtype_kwargs
+    from ..devices import loaded_dtypes, resolve_device
     from ..model import LatentRAG
     from ..model_zoo import LLM_SHAPES, build_encoder, build_llm, build_tokenizer
 
@@ -118,7 +118,7 @@ def build(cfg: BenchConfig) -> Setup:
         raise ValueError(f"unknown dtype {cfg.dtype!r}; choose from {', '.join(DTYPE_CHOICES)}")
     tok = build_tokenizer()
     dev = resolve_device(cfg.device)
-    dtype = default_dtype(dev) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    dtype, wide = loaded_dtypes(dev, **dtype_kwargs(cfg.dtype))
     llm = build_llm(cfg.shape, seed=cfg.seed, device=dev, dtype=dtype)
     llm.config.name_or_path = f"random:{cfg.shape}"
     if cfg.retriever == "minilm":
@@ -134,8 +134,11 @@ def build(cfg: BenchConfig) -> Setup:
     )  # fmt: skip
     explicit = ExplicitAgent.init(
         model.llm, model.doc_tower, tokenizer=model.tokenizer, device=model.device,
-        dtype=next(model.llm.parameters()).dtype, top_k=cfg.top_k, max_turns=cfg.steps,
+        dtype=dtype, top_k=cfg.top_k, max_turns=cfg.steps,
     )  # fmt: skip
+    if wide is not None:  # both agents run as loaded ones would
+        model.to_device(dev, dtype, wide)
+        explicit.to_device(dev, dtype, wide)
     naive = NaiveRAG(model, top_k=cfg.top_k)
     texts = synthetic.doc_texts(model.tokenizer, doc_tokens=cfg.doc_tokens, seed=cfg.seed)
     store = synthetic.synthetic_store(

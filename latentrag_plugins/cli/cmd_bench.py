@@ -81,8 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="Device, e.g. cpu or cuda (default: auto).")
     p.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES,
-        help="Weights' dtype for every method (default auto: bfloat16 on GPU, float32 on CPU; "
-        "bfloat16 pays off on CPUs with AMX or AVX512-BF16).",
+        help="Weights' dtype for every method (default auto: as a loaded model runs, bfloat16 "
+        "on GPU, on CPU mixed where it multiplies bfloat16 natively, else float32).",
     )  # fmt: skip
     p.add_argument(
         "--threads", type=positive_int, default=None,
