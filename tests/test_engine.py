@@ -345,3 +345,16 @@ def test_passes_run_with_the_engines_thread_count(model, store):
         hook.remove()
         engine.close()
     assert seen[0] == 2 and seen[-1] == 1
+
+
+def test_small_step_groups_wait_one_round_at_most():
+    """Of several step groups the largest runs; a smaller one waits one round, never two."""
+    from latentrag_plugins.engine.scheduler import hold_small
+
+    a, b, c, d = (object() for _ in range(4))
+    groups = [[a], [b, c], [d]]
+    run, held = hold_small(groups, set())
+    assert run == [[b, c]] and held == {id(a), id(d)}
+    run, held = hold_small([[a], [b, c], [d]], held)  # the held ones run now
+    assert run == [[a], [b, c], [d]] and held == set()
+    assert hold_small([[a, b]], {id(a)}) == ([[a, b]], set())

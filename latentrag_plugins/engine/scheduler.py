@@ -1,8 +1,9 @@
 """Rounds of the latent loop over every request in flight (continuous batching, no threads).
 
-Each :meth:`LatentScheduler.round` runs at most two forward passes: one step pass for every
-request ready for a step (new prompts and requests whose documents came back, whatever step
-they are at) and one token pass for every answering request. Requests join at the next round
+Each :meth:`LatentScheduler.round` runs the step passes of the requests ready for a step (new
+prompts and requests whose documents came back, whatever step they are at), grouped by what
+they feed so that little is padding, and one token pass for every answering request. Requests
+join at the next round
 and leave when they end; a request waiting for its store takes no part. Who searches, and when,
 is the caller's business: :func:`~latentrag_plugins.engine.loop.latent_loop` searches in place,
 the :class:`~latentrag_plugins.engine.Engine` in worker threads and event loops.
@@ -41,6 +42,7 @@ class LatentScheduler(InFlight):
         super().__init__(model.llm, model.ids.pad)
         self.model = model
         self.warmup_options = {"min_steps": 1, "max_steps": 1}
+        self._held: set[int] = set()  # ids of requests whose step was held back last round
 
     def new_requests(
         self,
@@ -65,7 +67,7 @@ class LatentScheduler(InFlight):
         ]
 
     def round(self) -> tuple[list[SearchJob], list[LatentRequest]]:
-        """Run one step pass and one token pass over the requests ready for them.
+        """Run the step passes and one token pass over the requests ready for them.
 
         Returns:
             The searches to run, and the requests that ended (their ``result`` is set).
@@ -113,11 +115,12 @@ class LatentScheduler(InFlight):
                 r.steps.append(Step(index=r.step, action="answer", forced=True))
                 r.phase = Phase.DONE
                 r.emit(StepEvent(r.step, "answer", True))
-        fed = [r for r in stepping if plans[id(r)] is not None]
-        if not fed:
-            return []
+        ready = [r for r in stepping if plans[id(r)] is not None]
+        groups = by_length(ready, lambda r: len(r.pending) + len(plans[id(r)].slots))
+        groups, self._held = hold_small(groups, self._held)
+        fed = [r for group in groups for r in group]
         jobs = []
-        for group in by_length(fed, lambda r: len(r.pending) + len(plans[id(r)].slots)):
+        for group in groups:
             jobs += step_pass(self.model, group, [plans[id(r)] for r in group])
             self.stats.count(len(group))
         decoding = [r for r in fed if r.options.decode]
@@ -172,3 +175,20 @@ def by_length(
         else:
             groups.append([r])
     return groups
+
+
+def hold_small(
+    groups: list[list[LatentRequest]], held: set[int]
+) -> tuple[list[list[LatentRequest]], set[int]]:
+    """The step groups to run this round, and the ids of the requests held back to the next.
+
+    Of several groups, the largest runs and so does any group with a request held back last
+    round; the others wait one round, when requests that come back from their stores join
+    them: fewer, fuller passes. No request waits twice in a row.
+    """
+    if len(groups) < 2:
+        return groups, set()
+    largest = max(groups, key=len)
+    run = [g for g in groups if g is largest or any(id(r) in held for r in g)]
+    waiting = {id(r) for g in groups if all(g is not x for x in run) for r in g}
+    return run, waiting
