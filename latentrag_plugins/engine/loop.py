@@ -115,7 +115,7 @@ def latent_loop(
     while scheduler.requests:
         jobs, _ = scheduler.round()
         for step in sorted({j.step for j in jobs}):
-            group = [j for j in jobs if j.step == step]
+            group = sorted((j for j in jobs if j.step == step), key=lambda j: rows[id(j.request)])
             t0 = time.perf_counter()
             found = yield _search_request(group, [rows[id(j.request)] for j in group])
             ms = (time.perf_counter() - t0) * 1e3
