@@ -22,9 +22,9 @@ class EngineConfig(VersionedConfig):
             search is not waited for.
         idle_exit_s: The engine's thread ends after this long without work (a new request
             starts it again).
-        threads: Torch CPU threads of the engine's thread, which runs every pass (None: the
-            library's default, one on machines with at most 2 CPUs; ``LATENTRAG_THREADS``
-            overrides it).
+        threads: CPU threads (torch's, and FAISS's when loaded) of the engine's thread, which
+            runs every pass, and of each search worker (None: the library's default, one on
+            machines with at most 2 CPUs; ``LATENTRAG_THREADS`` overrides it).
     """
 
     config_name = "engine config"

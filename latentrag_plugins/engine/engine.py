@@ -104,6 +104,7 @@ class Engine:
         self._last_round: set[int] = set()  # requests whose searches the last round sent
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker = threading.local()  # per search worker: the thread count it applied
         self._closed = False
 
     # ------------------------------------------------------------------ callers' side
@@ -239,9 +240,8 @@ class Engine:
             raise
 
     def _threads(self, applied: int | None) -> int:
-        """Give this thread the configured torch threads when the setting changed (a count is
-        per OS thread, and this one runs every pass); returns what is applied (0: the
-        library's default)."""
+        """Give this thread the configured torch (and FAISS) threads when the setting changed
+        (a count is per OS thread); returns what is applied (0: the library's default)."""
         from ..threads import apply_default, set_threads
 
         want = self.config.threads or 0
@@ -347,6 +347,9 @@ class Engine:
 
     def _search(self, jobs: list[SearchJob]) -> None:
         """Run sync searches (in a worker thread) and post what they found."""
+        # The engine's thread count here too: a store's OpenMP pool (FAISS) or a query encoder
+        # would otherwise take every core, and contend with the passes.
+        self._worker.threads = self._threads(getattr(self._worker, "threads", None))
         t0 = time.perf_counter()
         search = jobs[0].request.search
         try:
