@@ -358,3 +358,21 @@ def test_small_step_groups_wait_one_round_at_most():
     run, held = hold_small([[a], [b, c], [d]], held)  # the held ones run now
     assert run == [[a], [b, c], [d]] and held == set()
     assert hold_small([[a, b]], {id(a)}) == ([[a, b]], set())
+
+
+def test_a_model_changed_between_requests_is_seen_by_the_next_one(model, store, force, engine):
+    """The engine checks the model as requests join: a hook added after one request runs in
+    the next one's passes (no lean path around it), and train mode is undone for the passes."""
+    calls = []
+    with force(model, "retrieve"):
+        want = engine.submit(QS[0], StoreSearch(store), max_steps=1).result()
+        layer = model.llm.get_decoder().layers[0]
+        handle = layer.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            model.train()
+            got = engine.submit(QS[0], StoreSearch(store), max_steps=1).result()
+        finally:
+            handle.remove()
+            model.eval()
+    assert got.answer == want.answer and got.forward_passes == want.forward_passes
+    assert len(calls) >= got.forward_passes  # every pass went through the hooked layer

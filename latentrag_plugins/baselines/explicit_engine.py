@@ -20,8 +20,7 @@ from ..engine.in_flight import InFlight
 from ..engine.passes import elapsed_ms
 from ..engine.request import Phase, SearchJob
 from ..engine.rows import open_context, split
-from ..engine.token_group import TokenGroup
-from ..runtime import check_questions, eval_mode
+from ..runtime import check_questions
 from . import search_r1 as sr1
 from .explicit_force import ExplicitForce, ForceTemplate
 from .explicit_requests import TAIL, ExplicitOptions, ExplicitRequest, reserve, stop_kind
@@ -38,7 +37,7 @@ class ExplicitScheduler(InFlight):
     """
 
     def __init__(self, agent: ExplicitAgent) -> None:
-        super().__init__(agent.llm, agent.pad_id)
+        super().__init__(agent.llm, agent.pad_id, agent.llm)
         self.agent = agent
         # a short forced search turn, then a short answer turn: every kind of pass, quickly
         self.warmup_options = {"max_turns": 1, "force": [ExplicitForce((8, 8), (6,), 4)]}
@@ -108,7 +107,7 @@ class ExplicitScheduler(InFlight):
             The searches to run, and the requests that ended (their ``result`` is set).
         """
         jobs: list[SearchJob] = []
-        with eval_mode(self.agent.llm):
+        with self.evaluating():
             feeding = [r for r in self.requests if r.phase is Phase.FEED]
             if feeding:
                 self._feed(feeding)
@@ -177,7 +176,7 @@ class ExplicitScheduler(InFlight):
             feeding.append(r)
             chunks.append([tok])
         stages = ["answer" if r.current.in_answer else "reasoning" for r in feeding]
-        if TokenGroup.applies(self.agent.llm):
+        if self.grouped():
             self._group_pass(feeding, chunks, stages)  # also lets the others out
         elif feeding:
             self._pass(feeding, chunks, stages)

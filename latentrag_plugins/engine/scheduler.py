@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 from ..context import BatchedContext
 from ..decoding import decode_items, logit_lens_tokens
 from ..results import RetrievedDoc, Step
-from ..runtime import check_questions, eval_mode
+from ..runtime import check_questions
 from .answer_text import AnswerText
 from .events import Event, StepEvent, ThoughtEvent
 from .in_flight import InFlight
 from .passes import plan_step, step_pass, token_pass
 from .prompt import question_prompt
 from .request import LatentRequest, Phase, RequestOptions, SearchJob, piece_sink
-from .token_group import TokenGroup
 
 if TYPE_CHECKING:
     from ..model import LatentRAG
@@ -39,7 +38,7 @@ class LatentScheduler(InFlight):
     """
 
     def __init__(self, model: LatentRAG) -> None:
-        super().__init__(model.llm, model.ids.pad)
+        super().__init__(model.llm, model.ids.pad, model)
         self.model = model
         self.warmup_options = {"min_steps": 1, "max_steps": 1}
         self._held: set[int] = set()  # ids of requests whose step was held back last round
@@ -72,12 +71,12 @@ class LatentScheduler(InFlight):
         Returns:
             The searches to run, and the requests that ended (their ``result`` is set).
         """
-        with eval_mode(self.model):
+        with self.evaluating():
             jobs = self._steps([r for r in self.requests if r.phase is Phase.FEED])
             answering = [r for r in self.requests if r.phase is Phase.GENERATE]
             ended: list[LatentRequest] = []
             if answering:
-                group = self.group if TokenGroup.applies(self.model.llm) else None
+                group = self.group if self.grouped() else None
                 ended, fed = token_pass(self.model, answering, group)
                 if fed:
                     self.stats.count(fed)
