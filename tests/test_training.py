@@ -94,6 +94,31 @@ def test_cosine_and_infonce_losses_hand_computed():
         infonce_retrieval_loss(scores, torch.zeros(2, 3, dtype=torch.bool), 1.0)
 
 
+def test_first_step_loss_hand_computed():
+    """L_first: KL from the mean of a trajectory's subquery distributions to its first latent
+    query's distribution."""
+    from latentrag_plugins.training.losses import first_step_retrieval_loss
+
+    beta = 0.5
+
+    def softmax(xs):
+        e = [math.exp(x / beta) for x in xs]
+        return [v / sum(e) for v in e]
+
+    ref = [[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.3, 0.3, 0.3]]  # trajectory 0: rows 0, 1
+    first = [[0.5, 0.2, 0.1], [0.3, 0.3, 0.3]]
+    p0 = [(a + b) / 2 for a, b in zip(softmax(ref[0]), softmax(ref[1]))]
+    q0 = softmax(first[0])
+    want = sum(pi * math.log(pi / qi) for pi, qi in zip(p0, q0)) / 2  # trajectory 1 matches
+    got = first_step_retrieval_loss(
+        torch.tensor(ref), torch.tensor(first, requires_grad=True), torch.tensor([0, 0, 1]), beta
+    )
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    got.backward()
+    empty = first_step_retrieval_loss(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0), beta)
+    assert empty.item() == 0.0
+
+
 def test_generation_loss_full_and_restricted():
     from latentrag_plugins.training.losses import generation_loss
 
@@ -418,6 +443,65 @@ def test_end_to_end_training(tmp_path, tokenizer, world, wstore, prepared):
     mod = LatentLossModule(loaded, beta=prepared.beta).eval()
     with torch.no_grad():
         assert math.isfinite(mod(batch)["loss"].item())
+
+
+def _first_step_coverage(model, data, examples, store, k=3):
+    """Share of later subqueries' reference top-1 documents that the first latent query's
+    top-``k`` holds, over the trajectories with several searches (teacher-forced)."""
+    from latentrag_plugins.training.batching import collate
+    from latentrag_plugins.training.forward import latent_embeddings
+
+    model.eval()
+    batch = collate(examples, data, model.ids.pad)
+    emb = latent_embeddings(model, batch)[batch["first_query"]].float().numpy()  # (F, dim)
+    found = [{d.id for d in docs} for docs in store.search_batch(emb, k)]
+    owner = batch["query_owner"].tolist()
+    rows = [r for e in examples for r in e.query_rows]
+    hits = [
+        data.doc_ids[data.topn_rows[r, 0]] in found[t]
+        for s, (r, t) in enumerate(zip(rows, owner))
+        if s != batch["first_query"][t]
+    ]
+    return sum(hits) / len(hits)
+
+
+def test_first_step_loss_teaches_the_first_query_the_whole_trajectory(
+    tmp_path, tokenizer, prepared, wstore
+):
+    """With λ_first the first step's latent query finds more of the later subqueries'
+    documents than the same training without it; λ_first = 0 leaves the losses as they were."""
+    from latentrag_plugins.training import TrainConfig, Trainer
+    from latentrag_plugins.training.batching import collate
+    from latentrag_plugins.training.forward import LatentLossModule
+    from latentrag_plugins.training.latent_task import build_examples
+
+    store, _ = wstore
+    coverage, logs = {}, {}
+    for lam in (0.0, 8.0):
+        model = make_model(tokenizer, "tiny", max_doc_tokens=24)
+        examples, _ = build_examples(model, prepared, 3000)
+        assert sum(len(e.query_rows) > 1 for e in examples) >= 4
+        cfg = TrainConfig(
+            full_finetune=True, max_steps=30, batch_size=12, lr=2e-4, lr_scheduler="constant",
+            llm_dropout=0.0, log_every=1, save_every=0, lambda_first=lam,
+        )  # fmt: skip
+        Trainer(model, prepared, tmp_path / str(lam), cfg).train(show_progress=False)
+        coverage[lam] = _first_step_coverage(model, prepared, examples, store)
+        logs[lam] = _log(tmp_path / str(lam))
+    assert coverage[8.0] > coverage[0.0] + 0.2, coverage
+    assert all(r["loss_first"] == 0.0 for r in logs[0.0])
+    first = [r["loss_first"] for r in logs[8.0]]
+    assert sum(first[-5:]) < 0.8 * sum(first[:5]), first
+
+    # Off, the total is the paper's; on, it adds λ_first · L_first.
+    batch = collate(examples[:4], prepared, model.ids.pad)
+    with torch.no_grad():
+        off = LatentLossModule(model, beta=prepared.beta).eval()(batch)
+        on = LatentLossModule(model, beta=prepared.beta, lambda_first=2.0).eval()(batch)
+    paper = off["loss_gen"] + off["loss_ret"] + off["loss_dec"]
+    assert off["loss"].item() == paper.item() and off["loss_first"].item() == 0.0
+    assert on["loss_first"].item() > 0
+    assert on["loss"].item() == pytest.approx((paper + 2.0 * on["loss_first"]).item(), rel=1e-6)
 
 
 def _lora_setup(tmp_path, tokenizer, world, wstore):

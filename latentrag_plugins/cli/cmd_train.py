@@ -16,8 +16,8 @@ _SWITCHES = {
     "save_merged": ("save_merged", True),
 }
 _VALUES = (
-    "mode", "epochs", "max_steps", "batch_size", "lr", "ret_loss", "lambda_ret", "beta",
-    "save_every", "log_every", "seed", "max_length", "lora_r", "lora_alpha", "llm_dropout",
+    "mode", "epochs", "max_steps", "batch_size", "lr", "ret_loss", "lambda_ret", "lambda_first",
+    "beta", "save_every", "log_every", "seed", "max_length", "lora_r", "lora_alpha", "llm_dropout",
     "warmup_ratio", "lr_scheduler", "mixed_precision", "deepspeed", "action_loss",
     "gradient_accumulation_steps", "save_total_limit", "n_bins", "query_tower_layers",
     "base_dtype",
@@ -99,6 +99,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--ret-loss", choices=["kl", "cosine", "infonce"], default=None, help="L_ret (kl)."
     )
     lo.add_argument("--lambda-ret", type=float, default=None, help="Weight of L_ret (1).")
+    lo.add_argument(
+        "--lambda-first",
+        type=float,
+        default=None,
+        help="Weight of L_first (0: off): train the first step's latent query to retrieve "
+        "every subquery's documents of its trajectory, for one-step latent query embeddings.",
+    )
     lo.add_argument("--beta", type=float, default=None, help="Temperature (prepared data's).")
     lo.add_argument("--no-decoding-loss", action="store_true", help="Leave out L_dec.")
     lo.add_argument(

@@ -85,7 +85,9 @@ def collate(
         ``labels (K,)``, ``is_action (K,)``; ``query_index (S, n)`` and ``think_index (G, m)``
         flat positions of every step's slots; ``cand_emb (C, dim)`` the candidates (the union of
         the batch's pseudo-relevant documents), ``ref_emb (S, dim)``, ``ref_scores (S, C)``
-        cosine similarities, ``positives (S, C)``; ``dec_thought_group (Nt,)`` index into the
+        cosine similarities, ``positives (S, C)``; ``first_query (F,)`` each trajectory's first
+        subquery and ``query_owner (S,)`` each subquery's trajectory (rows of ``first_query``),
+        for trajectories with a search; ``dec_thought_group (Nt,)`` index into the
         think groups and ``dec_thought_targets (Nt, Lt)``; ``dec_query_group (Nq,)`` index
         into the query groups and ``dec_query_targets (Nq, Lq)`` (targets padded with -100).
     """
@@ -93,6 +95,7 @@ def collate(
     ids = _pad([e.input_ids for e in examples], pad_id)  # (B, L)
     lab_idx, labels, is_act = [], [], []
     q_idx, t_idx, q_rows = [], [], []
+    first, owner = [], []  # each trajectory's first subquery; each subquery's trajectory
     thought_g, thought_t, query_g, query_t = [], [], [], []
     for b, e in enumerate(examples):
         off = b * width
@@ -104,6 +107,9 @@ def collate(
         base_t, base_q = len(t_idx), len(q_idx)
         t_idx += [[off + p for p in g] for g in e.think_pos]
         q_idx += [[off + p for p in g] for g in e.query_pos]
+        if e.query_pos:
+            owner += [len(first)] * len(e.query_pos)
+            first.append(base_q)
         q_rows += e.query_rows
         for g, tgt in e.thought_targets:
             thought_g.append(base_t + g)
@@ -134,6 +140,8 @@ def collate(
         "ref_emb": ref_emb,
         "ref_scores": ref_emb @ cand_emb.T,
         "positives": positives,
+        "first_query": torch.tensor(first, dtype=torch.long),
+        "query_owner": torch.tensor(owner, dtype=torch.long),
         "dec_thought_group": torch.tensor(thought_g, dtype=torch.long),
         "dec_thought_targets": _pad(thought_t, -100),
         "dec_query_group": torch.tensor(query_g, dtype=torch.long),

@@ -45,6 +45,14 @@ class TrainConfig(VersionedConfig):
         description="Retrieval loss: 'kl' (paper) or the 'cosine'/'infonce' ablations.",
     )
     lambda_ret: float = Field(default=1.0, ge=0, description="Weight λ_ret of L_ret (paper: 1).")
+    lambda_first: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight λ_first of L_first (0: off, the paper): the first step's latent "
+        "query learns to retrieve the documents of every subquery of its trajectory, for use "
+        "as a one-step retriever (embed_query(latent=True), LatentRAGEmbeddings). Not in the "
+        "paper; it changes the loop's first search too.",
+    )
     decoding_loss: bool = Field(
         default=True, description="Add L_dec (False: the 'no L_dec' ablation)."
     )

@@ -3,9 +3,10 @@
 The module wraps a :class:`~latentrag_plugins.model.LatentRAG` so Accelerate (DDP, DeepSpeed)
 can prepare it as one unit. ``forward(batch)`` runs the LLM once over the padded sequences,
 reads the action/answer logits (L_gen), turns the query-slot states into latent query embeddings
-(L_ret) and decodes the thought/subquery targets from the latent tokens (L_dec)::
+(L_ret, and the optional L_first) and decodes the thought/subquery targets from the latent tokens
+(L_dec)::
 
-    L = L_gen + λ_ret · L_ret + L_dec
+    L = L_gen + λ_ret · L_ret + λ_first · L_first + L_dec
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from .losses import (
     cosine_retrieval_loss,
+    first_step_retrieval_loss,
     generation_loss,
     infonce_retrieval_loss,
     kl_retrieval_loss,
@@ -45,6 +47,7 @@ class LatentLossModule(nn.Module):
         beta: Temperature of the retrieval distributions.
         ret_loss: ``"kl"`` (paper), ``"cosine"`` or ``"infonce"`` (ablations).
         lambda_ret: Weight of L_ret.
+        lambda_first: Weight of L_first (:mod:`.losses.ret_first`; 0: not computed).
         decoding_loss: Compute L_dec (False: the "no L_dec" ablation).
         action_loss: ``"full"`` vocabulary or ``"restricted"`` 2-way action CE (see
             :mod:`.losses.gen`).
@@ -57,6 +60,7 @@ class LatentLossModule(nn.Module):
         beta: float,
         ret_loss: RetLoss = "kl",
         lambda_ret: float = 1.0,
+        lambda_first: float = 0.0,
         decoding_loss: bool = True,
         action_loss: Literal["full", "restricted"] = "full",
     ) -> None:
@@ -65,6 +69,7 @@ class LatentLossModule(nn.Module):
         self.beta = beta
         self.ret_loss = ret_loss
         self.lambda_ret = lambda_ret
+        self.lambda_first = lambda_first
         self.decoding_loss = decoding_loss
         self.action_ids = (
             (model.ids.query[0], model.ids.answer) if action_loss == "restricted" else None
@@ -83,7 +88,8 @@ class LatentLossModule(nn.Module):
         """Losses of one batch (tensors on the model's device, from :func:`.batching.collate`).
 
         Returns:
-            ``loss`` (the weighted total), ``loss_gen``, ``loss_ret``, ``loss_dec``,
+            ``loss`` (the weighted total), ``loss_gen``, ``loss_ret``, ``loss_first`` (0 when
+            its weight is 0), ``loss_dec``,
             ``loss_dec_thought`` and ``loss_dec_subquery`` (scalars).
         """
         model = self.model
@@ -100,7 +106,7 @@ class LatentLossModule(nn.Module):
 
         h_query = flat[batch["query_index"]]  # (S, n, d)
         zero = flat.sum() * 0.0
-        loss_ret = zero
+        loss_ret = loss_first = zero
         # In float32 even under mixed precision: scores are divided by a small beta, and the
         # targets are exact. (DeepSpeed's bf16 mode keeps the weights in bf16: then the query
         # tower runs in bf16 and only the scores in float32.)
@@ -108,14 +114,18 @@ class LatentLossModule(nn.Module):
             if h_query.shape[0]:
                 ret_dtype = next(model.proj_ret.parameters()).dtype
                 lat = model.latent_query_embedding(h_query.to(ret_dtype))  # (S, dim)
+                lat_scores = F.normalize(lat.float(), dim=-1) @ batch["cand_emb"].T  # (S, C)
                 if self.ret_loss == "cosine":
                     loss_ret = cosine_retrieval_loss(lat, batch["ref_emb"])
+                elif self.ret_loss == "infonce":
+                    loss_ret = infonce_retrieval_loss(lat_scores, batch["positives"], self.beta)
                 else:
-                    lat_scores = F.normalize(lat.float(), dim=-1) @ batch["cand_emb"].T  # (S, C)
-                    if self.ret_loss == "infonce":
-                        loss_ret = infonce_retrieval_loss(lat_scores, batch["positives"], self.beta)
-                    else:
-                        loss_ret = kl_retrieval_loss(batch["ref_scores"], lat_scores, self.beta)
+                    loss_ret = kl_retrieval_loss(batch["ref_scores"], lat_scores, self.beta)
+                if self.lambda_first:
+                    loss_first = first_step_retrieval_loss(
+                        batch["ref_scores"], lat_scores[batch["first_query"]],
+                        batch["query_owner"], self.beta,
+                    )  # fmt: skip
 
         loss_dec_t = loss_dec_s = zero
         if self.decoding_loss:
@@ -134,11 +144,12 @@ class LatentLossModule(nn.Module):
                     h_sub, batch["dec_query_targets"], pad,
                 )  # fmt: skip
         loss_dec = loss_dec_t + loss_dec_s
-        total = loss_gen + self.lambda_ret * loss_ret + loss_dec
+        total = loss_gen + self.lambda_ret * loss_ret + self.lambda_first * loss_first + loss_dec
         return {
             "loss": total,
             "loss_gen": loss_gen,
             "loss_ret": loss_ret,
+            "loss_first": loss_first,
             "loss_dec": loss_dec,
             "loss_dec_thought": loss_dec_t,
             "loss_dec_subquery": loss_dec_s,

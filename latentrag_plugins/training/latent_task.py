@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ["loss", "loss_gen", "loss_ret", "loss_dec", "loss_dec_thought", "loss_dec_subquery"]
+LOSS_NAMES = [
+    "loss", "loss_gen", "loss_ret", "loss_first", "loss_dec", "loss_dec_thought",
+    "loss_dec_subquery",
+]  # fmt: skip
 
 
 def load_model(
@@ -110,6 +113,7 @@ def latent_task(
         beta=beta,
         ret_loss=cfg.ret_loss,
         lambda_ret=cfg.lambda_ret,
+        lambda_first=cfg.lambda_first,
         decoding_loss=cfg.decoding_loss,
         action_loss=cfg.action_loss,
     )
