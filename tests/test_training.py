@@ -618,13 +618,16 @@ def test_cli_prepare_train_ask(tmp_path, world, capsys):
     man = json.loads(capsys.readouterr().out)
     assert man["trajectories"] == 4 and man["top_n"] == 16 and man["calibrated"]
     train = ["train", "--model", m, "--data", prep, "--out", out, "--batch-size", "2",
-             "--save-every", "1", "--log-every", "1", "--no-progress"]  # fmt: skip
+             "--save-every", "1", "--log-every", "1", "--no-progress",
+             "--lambda-first", "2"]  # fmt: skip
     assert main([*train, "--max-steps", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and summary["format"] == "full"  # random:tiny base: merged
     assert main([*train, "--max-steps", "3", "--resume"]) == 0
     assert "trained 3 steps" in capsys.readouterr().out
     assert [r["step"] for r in _log(tmp_path / "out")] == [1, 2, 3]
+    assert all(r["loss_first"] > 0 for r in _log(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "train_config.json").read_text())["lambda_first"] == 2
     ckpts = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
     assert ckpts == ["step-2", "step-3"]  # save_total_limit=2 keeps the newest two
     assert main(train) == 1
