@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import threads
 from .checkpoint_files import RETRIEVER_DIR, load_checked, retriever_loadable, trust_remote
 from .config import LatentRAGConfig, fit_loaded_budget
 from .devices import loaded_dtypes, resolve_device
@@ -148,6 +149,21 @@ class ModelFiles:
                 f"{root}: not a LatentRAG checkpoint (no config.json); make one with "
                 "`latentrag init` (untrained) or `latentrag train`, or pass `demo`"
             )
+        dev = resolve_device(device)
+        return threads.apart(
+            lambda: cls._load(root, dev, dtype, wide_dtype, trust_remote_code), dev
+        )
+
+    @classmethod
+    def _load(
+        cls,
+        root: Path,
+        dev: torch.device,
+        dtype: torch.dtype | None,
+        wide_dtype: torch.dtype | None,
+        trust_remote_code: bool | None,
+    ) -> LatentRAG:
+        """The checkpoint at ``root``, on ``dev`` (:meth:`from_pretrained`)."""
         cfg = LatentRAGConfig.load(root / "config.json")
         trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
         tok = load_checked(
@@ -188,7 +204,6 @@ class ModelFiles:
             model = cls(cfg, llm, tok, doc_tower, query_tower, *projs)
         except ValueError as exc:  # config and tokenizer/LLM disagree (e.g. n_think)
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
-        dev = resolve_device(device)
         return model.to_device(dev, *loaded_dtypes(dev, dtype, wide_dtype))
 
     @staticmethod

@@ -9,6 +9,12 @@ cores). One thread has no sibling to wait for: the other process only takes its 
 
 torch's thread count belongs to each OS thread once that thread has run torch work: set it in the
 thread that runs the model (:func:`apply_default` there), not only in the main thread.
+
+So does torch's OpenMP thread pool, which lives as long as the thread that started it. While the
+caller's thread keeps a pool, libgomp counts more threads than CPUs and stops spinning between
+operators in the engine's pool too, so every later pass is slower (the demo model with 2
+threads: 63 -> 50 ms per question). One-off heavy work the library does for the caller (loading
+a model, embedding a corpus) therefore runs :func:`apart`, in a short-lived thread.
 """
 
 from __future__ import annotations
@@ -17,8 +23,12 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ENV = "LATENTRAG_THREADS"  # the user's choice of intra-op threads, which always wins
 SMALL_MACHINE_CPUS = 2  # at most this many usable CPUs: one thread by default
@@ -110,6 +120,19 @@ def set_threads(n: int) -> None:
         faiss.omp_set_num_threads(n)
 
 
+def set_helper_threads(n: int) -> None:
+    """Thread counts for a helper thread beside the model's (a store search): FAISS, whose
+    OpenMP runtime is its own, gets ``n``; torch gets one, so that the helper keeps no torch
+    pool that would slow the model's passes (see the module docstring)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    faiss = sys.modules.get("faiss")
+    if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
+        faiss.omp_set_num_threads(n)
+
+
 @contextlib.contextmanager
 def using(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op threads in this OS thread (None: as they are), then
@@ -124,6 +147,41 @@ def using(n: int | None) -> Iterator[None]:
     finally:
         if n is not None:
             set_threads(before)
+
+
+def apart(fn: Callable[[], T], device: Any = "cpu") -> T:
+    """``fn()``, run in a short-lived OS thread with this thread's torch thread count, so that
+    the OpenMP pool its CPU work starts ends with it (see the module docstring).
+
+    Args:
+        fn: The work; its exception is raised here.
+        device: Where the work computes. Off a CPU, or where it is not a torch device, ``fn``
+            runs in the calling thread (a GPU's current device is set per thread).
+    """
+    import torch
+
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except (TypeError, ValueError, RuntimeError):  # not a torch device: leave it be
+        on_cpu = False
+    if not on_cpu:
+        return fn()
+    n = torch.get_num_threads()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            set_threads(n)
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="latentrag-apart", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def build_threads() -> int:

@@ -110,3 +110,62 @@ def test_builds_use_every_cpu_unless_a_small_machine_is_busy(machine, monkeypatc
     assert threads.build_threads() == 8
     monkeypatch.setenv(threads.ENV, "2")
     assert threads.build_threads() == 2
+
+
+def test_apart_runs_cpu_work_in_a_short_lived_thread_with_the_callers_count(restore_threads):
+    torch.set_num_threads(1)
+    seen = {}
+
+    def work():
+        seen.update(thread=threading.get_ident(), n=torch.get_num_threads())
+        return "done"
+
+    assert threads.apart(work) == "done"
+    assert seen == {"thread": seen["thread"], "n": 1} and seen["thread"] != threading.get_ident()
+    # Off a CPU (a GPU's current device is per thread), or for an unknown device: here.
+    for device in ("meta", object()):
+        threads.apart(work, device)
+        assert seen["thread"] == threading.get_ident()
+
+    class Broken(Exception):
+        pass
+
+    def fail():
+        raise Broken("from the worker")
+
+    with pytest.raises(Broken, match="from the worker"):
+        threads.apart(fail)
+
+
+def test_loading_and_embedding_a_corpus_run_apart(tokenizer, tmp_path, monkeypatch):
+    """A model's load and a corpus's embedding leave no OpenMP pool in the caller's thread:
+    their torch work runs in another OS thread, and the results are the same."""
+    from latentrag_plugins import LatentRAG
+    from latentrag_plugins.encoder import EncoderTower
+    from latentrag_plugins.store.corpus import CorpusDoc
+    from latentrag_plugins.store.faiss_store import FaissStore
+    from tests.conftest import make_model
+
+    model = make_model(tokenizer, "tiny")
+    model.save_pretrained(tmp_path / "m")
+    where = {}
+    to_device, embed = LatentRAG.to_device, EncoderTower.embed_documents
+
+    def spy_to_device(self, *args, **kwargs):
+        where["load"] = threading.get_ident()
+        return to_device(self, *args, **kwargs)
+
+    def spy_embed(self, *args, **kwargs):
+        where["embed"] = threading.get_ident()
+        return embed(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentRAG, "to_device", spy_to_device)
+    monkeypatch.setattr(EncoderTower, "embed_documents", spy_embed)
+    loaded = LatentRAG.from_pretrained(tmp_path / "m", device="cpu", dtype=torch.float32)
+    docs = [CorpusDoc(id=str(i), text=f"passage number {i}") for i in range(5)]
+    store = FaissStore.build(loaded.doc_tower, docs, show_progress=False)
+    here = threading.get_ident()
+    assert where["load"] != here and where["embed"] != here
+    assert len(store) == 5
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)

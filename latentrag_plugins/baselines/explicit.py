@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -373,13 +374,31 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
         Raises:
             CheckpointError: A file is missing or corrupt; the message names it.
         """
-        from ..checkpoint_files import load_checked, trust_remote
+        from .. import threads
         from ..demo.assets import resolve_checkpoint
-        from ..devices import loaded_dtypes, resolve_device
+        from ..devices import resolve_device
 
         root = resolve_checkpoint(path)
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found")
+        dev = resolve_device(device)
+        return threads.apart(
+            lambda: cls._load(root, dev, dtype, wide_dtype, trust_remote_code), dev
+        )
+
+    @classmethod
+    def _load(
+        cls,
+        root: Path,
+        dev: torch.device,
+        dtype: torch.dtype | None,
+        wide_dtype: torch.dtype | None,
+        trust_remote_code: bool | None,
+    ) -> ExplicitAgent:
+        """The agent saved at ``root``, on ``dev`` (:meth:`from_pretrained`)."""
+        from ..checkpoint_files import load_checked, trust_remote
+        from ..devices import loaded_dtypes
+
         cfg = ExplicitConfig.load(root / EXPLICIT_CONFIG_FILE)
         trust = trust_remote(root, cfg.trust_remote_code, trust_remote_code)
         tok = load_checked(
@@ -403,7 +422,6 @@ class ExplicitAgent(WideTwin, DocumentTowerAPI):
             agent = cls(cfg, llm, tok, EncoderTower.from_config(enc, enc_tok, cfg))
         except ValueError as exc:
             raise CheckpointError(f"{config_file} does not fit the checkpoint: {exc}") from None
-        dev = resolve_device(device)
         return agent.to_device(dev, *loaded_dtypes(dev, dtype, wide_dtype))
 
 

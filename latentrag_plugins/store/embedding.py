@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from .. import threads
 from ..errors import StoreError
 from .base import Encoder
 from .vectors import as_matrix
@@ -36,14 +38,16 @@ def embed_into(
         StoreError: The encoder returns an array of the wrong shape.
     """
     total = len(docs) if hasattr(docs, "__len__") else None  # type: ignore[arg-type]
+    device = getattr(encoder, "device", "cpu")
     it = iter(docs)
     with tqdm(total=total, desc="Embedding", unit="doc", disable=not show_progress) as bar:
         while chunk := list(itertools.islice(it, max(1, chunk_size))):
             texts = [str(d.text) for d in chunk]
-            emb = as_matrix(
-                encoder.embed_documents(texts, batch_size=batch_size, show_progress=False),
-                "encoder output",
-            )  # (n, dim)
+            embed = functools.partial(
+                encoder.embed_documents, texts, batch_size=batch_size, show_progress=False
+            )
+            vectors = threads.apart(embed, device)  # off the caller's thread (see there)
+            emb = as_matrix(vectors, "encoder output")  # (n, dim)
             if emb.shape != (len(chunk), store.dim):
                 raise StoreError(
                     f"encoder {encoder.encoder_id!r} returned an array of shape {emb.shape} "
