@@ -120,19 +120,6 @@ def set_threads(n: int) -> None:
         faiss.omp_set_num_threads(n)
 
 
-def set_helper_threads(n: int) -> None:
-    """Thread counts for a helper thread beside the model's (a store search): FAISS, whose
-    OpenMP runtime is its own, gets ``n``; torch gets one, so that the helper keeps no torch
-    pool that would slow the model's passes (see the module docstring)."""
-    import torch
-
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-    faiss = sys.modules.get("faiss")
-    if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
-        faiss.omp_set_num_threads(n)
-
-
 @contextlib.contextmanager
 def using(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op threads in this OS thread (None: as they are), then

@@ -252,17 +252,6 @@ class Engine:
                 apply_default()
         return want
 
-    def _helper_threads(self) -> None:
-        """Give this search worker its thread counts, once per setting."""
-        import torch
-
-        from ..threads import default_threads, set_helper_threads
-
-        want = self.config.threads or 0
-        if getattr(self._worker, "threads", None) != want:
-            set_helper_threads(want or default_threads() or torch.get_num_threads())
-            self._worker.threads = want
-
     def _next_work(self) -> list[tuple[Any, ...]] | None:
         """Wait for messages or runnable requests; None when idle long enough to stop."""
         with self._cond:
@@ -358,9 +347,9 @@ class Engine:
 
     def _search(self, jobs: list[SearchJob]) -> None:
         """Run sync searches (in a worker thread) and post what they found."""
-        # FAISS's OpenMP pool would otherwise take every core and contend with the passes, and
-        # a torch pool here (a query encoder) would slow them (threads.set_helper_threads).
-        self._helper_threads()
+        # The engine's thread count here too: a store's OpenMP pool (FAISS) or a query encoder
+        # would otherwise take every core, and contend with the passes.
+        self._worker.threads = self._threads(getattr(self._worker, "threads", None))
         t0 = time.perf_counter()
         search = jobs[0].request.search
         try:
