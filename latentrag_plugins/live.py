@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ def resolve_model(value: Any, *, service: bool = True) -> LatentRAG | RemoteLate
     """
     from .model import LatentRAG
 
-    url = isinstance(value, str) and value.startswith(("http://", "https://"))
+    url = is_service_url(value)
     if not service and (url or is_remote(value)):
         raise TypeError(
             "embeddings need the model itself (a LatentRAG or a checkpoint path): a LatentRAG "
@@ -50,9 +51,16 @@ def resolve_model(value: Any, *, service: bool = True) -> LatentRAG | RemoteLate
     )
 
 
+def is_service_url(value: Any) -> bool:
+    """Whether ``value`` is a LatentRAG service's URL (``http(s)://...``)."""
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
 def is_remote(model: Any) -> bool:
-    """Whether ``model`` is a LatentRAG service (``RemoteLatentRAG``)."""
-    return type(model).__name__ == "RemoteLatentRAG" and hasattr(model, "submit")
+    """Whether ``model`` is a LatentRAG service (``RemoteLatentRAG``; its module is loaded
+    once there is one, and not imported here otherwise)."""
+    client = sys.modules.get(f"{__package__}.serve.client")
+    return client is not None and isinstance(model, client.RemoteLatentRAG)
 
 
 def submit(
@@ -76,4 +84,4 @@ def check_question(question: Any, owner: str = "LatentRAG") -> str:
     return question
 
 
-__all__ = ["check_question", "is_remote", "resolve_model", "submit"]
+__all__ = ["check_question", "is_remote", "is_service_url", "resolve_model", "submit"]

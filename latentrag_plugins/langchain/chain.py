@@ -28,10 +28,10 @@ from ..model import LatentRAG
 from ..results import LatentRAGResult
 from ._run import Run, check_target
 from ._store_adapter import StoreSearcher, check_store
+from .tool_output import TOOL_DESCRIPTION, tool_content
 
 if TYPE_CHECKING:
     from ..serve.client import RemoteLatentRAG
-from .tool_output import TOOL_DESCRIPTION, tool_content
 
 ChainInput = str | dict[str, Any]
 _QUESTION_KEYS = ("question", "input", "query")

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from ..live import is_service_url, resolve_model
+
 if TYPE_CHECKING:
     from ..encoder import EncoderTower
     from ..model import LatentRAG
@@ -34,9 +36,7 @@ def document_tower(model: Any) -> EncoderTower:
 
     A path loads only the tower (no LLM), so indexing stays cheap.
     """
-    if isinstance(model, str) and model.startswith(("http://", "https://")):
-        from ..live import resolve_model
-
+    if is_service_url(model):
         resolve_model(model, service=False)  # raises: a service does not embed
     if isinstance(model, (str, os.PathLike)):
         from ..checkpoint_files import load_document_tower
@@ -53,7 +53,6 @@ def document_tower(model: Any) -> EncoderTower:
 
 def _latent_model(model: Any) -> LatentRAG:
     """The whole LatentRAG model that latent queries need (a model, or a checkpoint path)."""
-    from ..live import resolve_model
     from ..model import LatentRAG
 
     if not isinstance(model, (LatentRAG, str, os.PathLike)):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..evaluation.stats import percentile
 from ..results import LatentRAGResult
 from .client import RemoteLatentRAG
 
@@ -66,10 +67,7 @@ class LoadReport:
 
     def percentile_ms(self, q: float) -> float:
         """The ``q``-th percentile (0-100) of the answered requests' latencies."""
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+        return percentile(self.latencies_ms, q) if self.latencies_ms else float("nan")
 
     def summary(self) -> dict[str, Any]:
         """The figures, as JSON-able values."""
